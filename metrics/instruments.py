@@ -1,0 +1,148 @@
+"""Prometheus objects for what the relay does not count itself: REST requests, WebSocket messages,
+error codes and end-of-call observations. One `Instruments` per app, on that app's own registry.
+
+Label values are bounded here, at the single place they enter Prometheus: an event name or error
+code a client made up can never create a new series.
+"""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from metrics.collector import PREFIX
+
+# Events of the signaling protocol (docs/signaling.md), both directions.
+KNOWN_WS_EVENTS = frozenset(
+    {
+        "authenticate",
+        "authenticated",
+        "join-room",
+        "room-joined",
+        "user-joined",
+        "user-left",
+        "offer",
+        "answer",
+        "ice-candidate",
+        "tracks",
+        "media-state",
+        "leave-room",
+        "room-left",
+        "ping",
+        "pong",
+        "error",
+    }
+)
+WS_DIRECTIONS = frozenset({"in", "out"})
+ERROR_SOURCES = frozenset({"api", "ws", "relay"})
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+_SERVER_EVENT_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+_ERROR_CODE_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,47}$")
+MAX_EXTRA_EVENTS = 32
+MAX_ERROR_CODES = 100
+
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CALL_DURATION_BUCKETS = (
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    600.0,
+    900.0,
+    1800.0,
+    2700.0,
+    3600.0,
+    5400.0,
+    7200.0,
+    10800.0,
+)
+MOS_BUCKETS = (1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.5)
+
+
+class Instruments:
+    """The push-style metrics of one app (the relay's own counters are read by RelayCollector)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.http_request_duration = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "REST request duration by route (canonical path), method and status.",
+            ("route", "method", "status"),
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.ws_messages = Counter(
+            f"{PREFIX}_websocket_messages",
+            "WebSocket signaling messages by event and direction (in = client → server).",
+            ("event", "direction"),
+            registry=registry,
+        )
+        self.errors = Counter(
+            f"{PREFIX}_errors",
+            "Errors reported to clients, by error code and where (api, ws, relay).",
+            ("code", "source"),
+            registry=registry,
+        )
+        self.call_duration = Histogram(
+            f"{PREFIX}_call_duration_seconds",
+            "Duration of ended calls (first join to teardown).",
+            buckets=CALL_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.call_audio_mos = Histogram(
+            f"{PREFIX}_call_audio_mos",
+            "Estimated audio MOS (E-model) of ended calls that had audio both ways.",
+            buckets=MOS_BUCKETS,
+            registry=registry,
+        )
+        self.call_summaries = Counter(
+            f"{PREFIX}_call_summaries",
+            "End-of-call quality summaries, by result (stored, failed, skipped: no storage).",
+            ("result",),
+            registry=registry,
+        )
+        self._extra_events: set[str] = set()
+        self._codes: set[str] = set()
+
+    # -- label hygiene ------------------------------------------------------------------
+
+    def ws_event_label(self, event: str, direction: str) -> str:
+        if event in KNOWN_WS_EVENTS:
+            return event
+        # Server-sent events are ours (trusted); client-sent names are not.
+        if (
+            direction == "out"
+            and _SERVER_EVENT_RE.match(event)
+            and (event in self._extra_events or len(self._extra_events) < MAX_EXTRA_EVENTS)
+        ):
+            self._extra_events.add(event)
+            return event
+        return "unknown"
+
+    def error_code_label(self, code: str) -> str:
+        if code in self._codes:
+            return code
+        if _ERROR_CODE_RE.match(code) and len(self._codes) < MAX_ERROR_CODES:
+            self._codes.add(code)
+            return code
+        return "OTHER"
+
+    # -- verbs --------------------------------------------------------------------------
+
+    def count_ws_message(self, event: str, direction: str) -> None:
+        if direction not in WS_DIRECTIONS:
+            raise ValueError(f"direction must be 'in' or 'out', got {direction!r}")
+        self.ws_messages.labels(self.ws_event_label(event, direction), direction).inc()
+
+    def count_error(self, code: str, source: str) -> str:
+        """Count one error; returns the label the code was recorded under."""
+        if source not in ERROR_SOURCES:
+            raise ValueError(f"source must be one of {sorted(ERROR_SOURCES)}, got {source!r}")
+        label = self.error_code_label(code)
+        self.errors.labels(label, source).inc()
+        return label
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        method = method if method in HTTP_METHODS else "OTHER"
+        self.http_request_duration.labels(route, method, str(status)).observe(seconds)

@@ -1,0 +1,137 @@
+"""Admin endpoints over the stored quality data (admin role only, the API's error envelope).
+
+GET /api/admin/metrics/calls/{roomId}
+    the end-of-call summary of one call
+GET /api/admin/metrics/aggregates?period=hourly|daily&from=ISO&to=ISO
+    the hourly or daily aggregates whose period starts in [from, to)
+    (defaults: the last 24 hours for hourly, the last 30 days for daily)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from api.auth import require_admin
+from api.errors import VALIDATION_ERROR, ApiError, api_error_response, ok
+from metrics.aggregates import PERIODS, period_length, period_start
+from metrics.keys import METRICS_KEY
+from smiling_relay.appkeys import CONFIG_KEY
+from storage.base import format_datetime
+
+CALL_ROUTE = "/api/admin/metrics/calls/{roomId}"
+AGGREGATES_ROUTE = "/api/admin/metrics/aggregates"
+CALL_METRICS_NOT_FOUND = "CALL_METRICS_NOT_FOUND"
+STORAGE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+MAX_ROOM_ID_LENGTH = 128
+DEFAULT_SPAN = {"hourly": timedelta(hours=24), "daily": timedelta(days=30)}
+MAX_SPAN = {"hourly": timedelta(days=31), "daily": timedelta(days=366)}
+# Internal fields that never leave the service.
+PRIVATE_FIELDS = frozenset({"userKeys", "_id"})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items() if k not in PRIVATE_FIELDS}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _now(request: web.Request) -> datetime:
+    config = request.config_dict.get(CONFIG_KEY)
+    return config.clock() if config is not None else datetime.now(UTC)
+
+
+def _parse_time(name: str, raw: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(
+            400, VALIDATION_ERROR, f"`{name}` must be an ISO 8601 timestamp", {"field": name}
+        ) from None
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+async def call_summary(request: web.Request) -> web.StreamResponse:
+    try:
+        require_admin(request)
+        room_id = request.match_info["roomId"]
+        if not room_id or len(room_id) > MAX_ROOM_ID_LENGTH:
+            raise ApiError(400, VALIDATION_ERROR, "Invalid roomId", {"field": "roomId"})
+        metrics = request.config_dict[METRICS_KEY]
+        store = metrics.store()
+        if store is None:
+            raise ApiError(503, STORAGE_UNAVAILABLE, "Storage is not configured")
+        doc = await store.get_call_metrics({"period": "call", "roomId": room_id})
+        if doc is None:
+            active = room_id in metrics.sampler.calls
+            raise ApiError(
+                404,
+                CALL_METRICS_NOT_FOUND,
+                "No quality summary for this call"
+                + (" yet: it is still in progress" if active else ""),
+                {"roomId": room_id, "active": active},
+            )
+        return ok(_jsonable(doc))
+    except ApiError as exc:
+        return api_error_response(exc, now=_now(request))
+
+
+async def aggregates(request: web.Request) -> web.StreamResponse:
+    try:
+        require_admin(request)
+        period = request.query.get("period", "hourly")
+        if period not in PERIODS:
+            raise ApiError(
+                400,
+                VALIDATION_ERROR,
+                f"`period` must be one of {', '.join(PERIODS)}",
+                {"field": "period"},
+            )
+        now = _now(request)
+        end = _parse_time("to", request.query["to"]) if "to" in request.query else now
+        start = (
+            _parse_time("from", request.query["from"])
+            if "from" in request.query
+            else end - DEFAULT_SPAN[period]
+        )
+        if start >= end:
+            raise ApiError(400, VALIDATION_ERROR, "`from` must be before `to`", {"field": "from"})
+        if end - start > MAX_SPAN[period]:
+            raise ApiError(
+                400,
+                VALIDATION_ERROR,
+                f"At most {MAX_SPAN[period].days} days of {period} aggregates per request",
+                {"field": "from"},
+            )
+        metrics = request.config_dict[METRICS_KEY]
+        if metrics.store() is None:
+            raise ApiError(503, STORAGE_UNAVAILABLE, "Storage is not configured")
+        # Unflushed error counts first, so the answer includes errors up to now.
+        await metrics.aggregates.flush_errors()
+        # A period is included when it starts in [from, to); align `from` down so the period
+        # containing it is included too.
+        docs = await metrics.aggregates.read(period, period_start(start, period), end)
+        return ok(
+            {
+                "period": period,
+                "from": format_datetime(period_start(start, period)),
+                "to": format_datetime(end),
+                "periodSeconds": int(period_length(period).total_seconds()),
+                "units": {"duration": "seconds", "connectionTime": "seconds"},
+                "aggregates": _jsonable(docs),
+            }
+        )
+    except ApiError as exc:
+        return api_error_response(exc, now=_now(request))
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get(CALL_ROUTE, call_summary)
+    app.router.add_get(AGGREGATES_ROUTE, aggregates)

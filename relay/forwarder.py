@@ -1,0 +1,263 @@
+"""One sending slot on a subscriber's connection, carrying whichever producer is attached to it.
+
+A forwarder owns an SSRC that aiortc announced in the subscriber's SDP. It rewrites each packet of
+the attached producer into that stream (payload type, SSRC, sequence number and timestamp offsets,
+fresh header extensions), sends it, keeps it for retransmission, and turns the subscriber's RTCP
+into feedback for the producer. When another producer is attached later (a participant reloaded
+the page), numbering continues where it stopped, so the subscriber's decoder sees one stream and
+no renegotiation is needed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiortc.rtp import RtcpReceiverInfo, RtcpSenderInfo, RtcpSrPacket
+
+from relay.aiortc_adapter import MediaTransport
+from relay.negotiation import Codec
+from relay.producer import Producer
+from relay.rtp import FIXED_HEADER, abs_send_time_now, build_extension_block
+from relay.stats import StreamStats
+
+HISTORY_SIZE = 512  # packets kept for NACK, ~2 s of 500 kbit/s video
+NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 to 1970
+
+
+@dataclass(frozen=True)
+class SendParameters:
+    """What the subscriber's answer settled for this slot."""
+
+    codec: Codec
+    mid: str
+    mid_id: int  # 0 when the extension was not negotiated
+    abs_send_time_id: int
+
+
+class Forwarder:
+    def __init__(
+        self,
+        *,
+        kind: str,
+        ssrc: int,
+        rtx_ssrc: int,
+        codec: Codec,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.kind = kind
+        self.ssrc = ssrc
+        self.rtx_ssrc = rtx_ssrc
+        self.codec = codec  # what the slot was offered with; attach only matching producers
+        self.mid: str | None = None
+        self.producer: Producer | None = None
+        self.stats = StreamStats(kind=kind, direction="out", codec=codec.name)
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._transport: MediaTransport | None = None
+        self._pt = codec.payload_type
+        self._rtx_pt: int | None = None
+        self._ext_prefix = b""
+        self._ext_suffix = b""
+        self._abs_send_time = False
+        self._header_size = 12
+        self._first_byte = 0x80
+        self._needs_rebase = True
+        self._needs_keyframe = kind == "video"
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._last_seq: int | None = None
+        self._last_ts = 0
+        self._last_sent_at = 0.0
+        self._rtx_seq = random.randrange(0x8000)
+        self._history: list[bytes | None] = [None] * HISTORY_SIZE
+        self._sr_sent: dict[int, float] = {}  # middle 32 bits of SR NTP → send time
+
+    @property
+    def idle(self) -> bool:
+        return self.producer is None
+
+    def start(self, transport: MediaTransport, parameters: SendParameters) -> None:
+        """Called once the subscriber's answer is applied: from now on packets can flow."""
+        self._transport = transport
+        self.mid = parameters.mid
+        codec = parameters.codec
+        self._pt = codec.payload_type
+        self._rtx_pt = codec.rtx_payload_type if codec.nack else None
+        elements: list[tuple[int, bytes]] = []
+        if parameters.mid_id:
+            elements.append((parameters.mid_id, parameters.mid.encode()))
+        self._abs_send_time = bool(parameters.abs_send_time_id) and self.kind == "video"
+        if self._abs_send_time:
+            elements.append((parameters.abs_send_time_id, b"\x00\x00\x00"))
+        self._ext_prefix, self._ext_suffix = b"", b""
+        if elements:
+            block = build_extension_block(elements)
+            if self._abs_send_time:
+                # abs-send-time is the last element: its 3 value bytes are rewritten per packet
+                cut = 4 + sum(1 + len(value) for _, value in elements[:-1]) + 1
+                self._ext_prefix, self._ext_suffix = block[:cut], block[cut + 3 :]
+            else:
+                self._ext_prefix = block
+        self._header_size = 12 + len(self._ext_prefix) + len(self._ext_suffix)
+        self._header_size += 3 if self._abs_send_time else 0
+        self._first_byte = 0x90 if elements else 0x80
+        if self.producer is not None:
+            self.producer.request_keyframe()
+
+    # -- attaching producers ------------------------------------------------------------------
+
+    def attach(self, producer: Producer) -> None:
+        self.detach()
+        self.producer = producer
+        producer.forwarders.append(self)
+        self._needs_rebase = True
+        self._needs_keyframe = self.kind == "video"
+        producer.request_keyframe()
+
+    def detach(self) -> None:
+        producer = self.producer
+        if producer is None:
+            return
+        self.producer = None
+        if self in producer.forwarders:
+            producer.forwarders.remove(self)
+        self.stats.remb_bps = None
+        producer.update_bandwidth()
+
+    # -- media path ---------------------------------------------------------------------------
+
+    def forward(
+        self, seq: int, timestamp: int, marker: int, payload: bytes, keyframe: bool
+    ) -> None:
+        transport = self._transport
+        if transport is None or not transport.ready:
+            self._needs_rebase = True
+            self._needs_keyframe = self.kind == "video"
+            return
+        if self._needs_rebase:
+            if self._needs_keyframe and not keyframe:
+                if self.producer is not None:
+                    self.producer.request_keyframe()
+                return
+            self._rebase(seq, timestamp)
+        out_seq = (seq + self._seq_offset) & 0xFFFF
+        out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
+        header = FIXED_HEADER.pack(
+            self._first_byte, marker << 7 | self._pt, out_seq, out_ts, self.ssrc
+        )
+        if self._abs_send_time:
+            packet = b"".join(
+                (header, self._ext_prefix, abs_send_time_now(), self._ext_suffix, payload)
+            )
+        else:
+            packet = b"".join((header, self._ext_prefix, payload))
+        if not transport.send_rtp(packet):
+            return
+        self._history[out_seq % HISTORY_SIZE] = packet
+        stats = self.stats
+        stats.packets += 1
+        stats.bytes += len(packet)
+        if keyframe:
+            stats.keyframes += 1
+        if marker or self.kind == "audio":
+            stats.frames += 1
+        if self._last_seq is None or ((out_seq - self._last_seq) & 0xFFFF) < 0x8000:
+            self._last_seq, self._last_ts = out_seq, out_ts
+            self._last_sent_at = self._clock()
+
+    def _rebase(self, seq: int, timestamp: int) -> None:
+        """Continue this slot's numbering from where it stopped, whatever the new source uses."""
+        if self._last_seq is None:
+            first_seq, first_ts = random.randrange(0x8000), random.randrange(1 << 32)
+        else:
+            elapsed = max(self._clock() - self._last_sent_at, 0.001)
+            first_seq = (self._last_seq + 1) & 0xFFFF
+            first_ts = (self._last_ts + int(elapsed * self.codec.clock_rate)) & 0xFFFFFFFF
+        self._seq_offset = (first_seq - seq) & 0xFFFF
+        self._ts_offset = (first_ts - timestamp) & 0xFFFFFFFF
+        self._needs_rebase = False
+        self._needs_keyframe = False
+
+    # -- feedback from the subscriber ---------------------------------------------------------
+
+    def on_nack(self, lost: list[int]) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        for seq in lost:
+            seq &= 0xFFFF
+            packet = self._history[seq % HISTORY_SIZE]
+            if packet is None or (packet[2] << 8 | packet[3]) != seq:
+                continue  # never sent or already overwritten: the producer's own NACK covers it
+            if self._rtx_pt is not None:
+                packet = self._rtx_packet(packet)
+            if transport.send_rtp(packet):
+                self.stats.retransmits += 1
+
+    def _rtx_packet(self, packet: bytes) -> bytes:
+        rtx_seq = self._rtx_seq
+        self._rtx_seq = (rtx_seq + 1) & 0xFFFF
+        size = self._header_size
+        header = FIXED_HEADER.pack(
+            packet[0],
+            (packet[1] & 0x80) | (self._rtx_pt or 0),
+            rtx_seq,
+            int.from_bytes(packet[4:8], "big"),
+            self.rtx_ssrc,
+        )
+        return b"".join((header, packet[12:size], packet[2:4], packet[size:]))
+
+    def on_keyframe_request(self) -> None:
+        self.stats.keyframe_requests += 1
+        if self.producer is not None:
+            self.producer.request_keyframe()
+
+    def on_remb(self, bitrate: int) -> None:
+        self.stats.remb_bps = bitrate
+        if self.producer is not None:
+            self.producer.update_bandwidth()
+
+    def on_receiver_report(self, report: RtcpReceiverInfo) -> None:
+        stats = self.stats
+        stats.packets_lost = report.packets_lost
+        stats.fraction_lost = report.fraction_lost / 256
+        stats.jitter_seconds = report.jitter / self.codec.clock_rate
+        sent_at = self._sr_sent.get(report.lsr)
+        if report.lsr and sent_at is not None:
+            stats.rtt_seconds = max(self._clock() - sent_at - report.dlsr / 65536, 0.0)
+
+    def sender_report(self) -> RtcpSrPacket | None:
+        """The periodic RTCP sender report, mapping this stream's RTP clock to wall-clock time.
+
+        Derived from the publisher's own sender report when there is one, so audio and video of
+        one publisher stay in sync at the subscriber.
+        """
+        if self._last_seq is None:
+            return None
+        now_wall = self._wall_clock()
+        producer = self.producer
+        rate = self.codec.clock_rate
+        if producer is not None and producer.sr_rtp_timestamp is not None:
+            source_ts = producer.sr_rtp_timestamp + int((now_wall - producer.sr_wall_time) * rate)
+            rtp_ts = (source_ts + self._ts_offset) & 0xFFFFFFFF
+        else:
+            elapsed = self._clock() - self._last_sent_at
+            rtp_ts = (self._last_ts + int(elapsed * rate)) & 0xFFFFFFFF
+        seconds = now_wall + NTP_EPOCH_OFFSET
+        ntp = (int(seconds) << 32) | int((seconds % 1) * (1 << 32))
+        middle = (ntp >> 16) & 0xFFFFFFFF
+        self._sr_sent[middle] = self._clock()
+        if len(self._sr_sent) > 8:
+            del self._sr_sent[next(iter(self._sr_sent))]
+        return RtcpSrPacket(
+            ssrc=self.ssrc,
+            sender_info=RtcpSenderInfo(
+                ntp_timestamp=ntp,
+                rtp_timestamp=rtp_ts,
+                packet_count=self.stats.packets & 0xFFFFFFFF,
+                octet_count=self.stats.bytes & 0xFFFFFFFF,
+            ),
+        )

@@ -1,0 +1,528 @@
+"""A participant's two peer connections with the relay and the tracks on them.
+
+publisher connection: the client offers its camera and microphone; each received track becomes a
+`Producer`. subscriber connection: the relay offers one send-only transceiver (a `Forwarder`) per
+track of the other participants. Each connection has one fixed offerer, so offers never collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    unpack_remb_fci,
+)
+from aiortc.sdp import candidate_from_sdp
+
+from relay import aiortc_adapter
+from relay.aiortc_adapter import IdleTrack, MediaTransport
+from relay.forwarder import Forwarder, SendParameters
+from relay.negotiation import (
+    ABS_SEND_TIME_URI,
+    MID_URI,
+    MediaSection,
+    NegotiationError,
+    check_supported,
+    parse_sections,
+)
+from relay.producer import Producer
+from relay.rtp import find_extension, payload_bounds
+
+if TYPE_CHECKING:
+    from relay.room import Room
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParticipantInfo:
+    socket_id: str  # this connection; what the others and the metrics call the participant
+    user_id: str
+    user_name: str
+    role: str
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    mid: str
+    kind: str
+    socket_id: str | None  # whose media arrives on this transceiver; None while it is idle
+    user_id: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mid": self.mid,
+            "kind": self.kind,
+            "socketId": self.socket_id,
+            "userId": self.user_id,
+        }
+
+
+class ParticipantListener(Protocol):
+    """What the relay tells the participant's signaling connection. Calls must not block."""
+
+    def user_joined(self, other: Participant) -> None: ...
+    def user_left(self, other: Participant, reason: str) -> None: ...
+    def media_state_changed(self, other: Participant) -> None: ...
+    def subscriber_offer(self, sdp: str, tracks: list[TrackInfo]) -> None: ...
+    def tracks_changed(self, tracks: list[TrackInfo]) -> None: ...
+    def closed_by_relay(self, reason: str) -> None: ...
+
+
+@dataclass
+class Slot:
+    transceiver: RTCRtpTransceiver
+    forwarder: Forwarder
+    started: bool = False
+    last_user_id: str | None = None  # a reloading user gets their old slot back
+
+
+@dataclass
+class MediaState:
+    audio: bool = True
+    video: bool = True
+    screen: bool = False
+
+    def as_dict(self) -> dict[str, bool]:
+        return {"audio": self.audio, "video": self.video, "screen": self.screen}
+
+
+@dataclass
+class _PublisherRouting:
+    by_ssrc: dict[int, Producer] = field(default_factory=dict)
+    announced: dict[int, Producer] = field(default_factory=dict)  # SSRCs named in the offer
+    mid_ext_id: int = 0
+
+
+class Participant:
+    def __init__(self, room: Room, info: ParticipantInfo, listener: ParticipantListener) -> None:
+        self.room = room
+        self.info = info
+        self.listener = listener
+        self.media = MediaState()
+        self.joined_at = time.monotonic()
+        self.joined_at_iso = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        self.first_media_at: float | None = None
+        self.producers: dict[str, Producer] = {}
+        self.slots: list[Slot] = []
+        self.closed = False
+        self._relay = room.relay
+        self._publisher_pc: RTCPeerConnection | None = None
+        self._subscriber_pc: RTCPeerConnection | None = None
+        self._publisher_transport: MediaTransport | None = None
+        self._subscriber_transport: MediaTransport | None = None
+        self._routing = _PublisherRouting()
+        self._forwarders_by_ssrc: dict[int, Forwarder] = {}
+        self._publisher_lock = asyncio.Lock()
+        self._pending_subscriptions: list[Producer] = []
+        self._awaiting_answer = False
+        self._negotiation: asyncio.Task[None] | None = None
+
+    @property
+    def socket_id(self) -> str:
+        return self.info.socket_id
+
+    # -- publisher connection -----------------------------------------------------------------
+
+    async def handle_publisher_offer(self, sdp: str) -> str:
+        """Apply the client's offer for its own media; return the relay's answer."""
+        offered = parse_sections(sdp)
+        if not offered:
+            raise NegotiationError("the offer has no audio or video section")
+        async with self._publisher_lock:
+            if self.closed:
+                raise NegotiationError("the participant has left")
+            pc = self._publisher_pc or self._new_connection("publisher")
+            self._publisher_pc = pc
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            except Exception as exc:
+                raise NegotiationError(f"the offer was refused: {exc}") from exc
+            for transceiver in pc.getTransceivers():
+                aiortc_adapter.keep_decoder_stopped(transceiver.receiver)
+            await pc.setLocalDescription(await pc.createAnswer())
+            answer = pc.localDescription.sdp
+            new_producers = self._add_producers(pc, offered, parse_sections(answer))
+        if new_producers:
+            self.room.producers_added(self, new_producers)
+        return answer
+
+    def _add_producers(
+        self, pc: RTCPeerConnection, offered: list[MediaSection], answered: list[MediaSection]
+    ) -> list[Producer]:
+        transport = self._publisher_transport
+        if transport is None:
+            dtls = aiortc_adapter.dtls_transport_of(pc)
+            if dtls is None:
+                return []
+            transport = self._publisher_transport = MediaTransport(dtls)
+            transport.on_rtp = self._route_publisher_rtp
+            transport.on_rtcp = self._on_publisher_rtcp
+        by_mid = {t.mid: t for t in pc.getTransceivers()}
+        offers = {s.mid: s for s in offered}
+        added: list[Producer] = []
+        for section in answered:
+            transceiver = by_mid.get(section.mid)
+            offer = offers.get(section.mid)
+            if section.direction != "recvonly" or section.codec is None or transceiver is None:
+                continue
+            if offer is None or section.mid in self.producers:
+                continue
+            check_supported(section)
+            producer = Producer(
+                owner=self.socket_id,
+                mid=section.mid,
+                kind=section.kind,
+                codec=section.codec,
+                rtcp_ssrc=aiortc_adapter.sender_ssrcs(transceiver.sender)[0],
+                send_rtcp=self._send_publisher_rtcp,
+                abs_send_time_id=section.extensions.get(ABS_SEND_TIME_URI, 0),
+                forwarding_delay=self._relay.stats.forwarding_delay,
+                keyframe_interval=self._relay.settings.keyframe_interval,
+                clock=self._relay.clock,
+            )
+            self.producers[section.mid] = producer
+            for ssrc in (*offer.ssrcs, *offer.rtx_ssrcs):
+                self._routing.announced[ssrc] = producer
+            self._routing.mid_ext_id = section.extensions.get(MID_URI, 0)
+            added.append(producer)
+        return added
+
+    def _route_publisher_rtp(self, data: bytes, arrival: float) -> None:
+        if len(data) < 12:
+            return
+        ssrc = int.from_bytes(data[8:12], "big")
+        producer = self._routing.by_ssrc.get(ssrc)
+        if producer is None:
+            producer = self._identify_producer(data, ssrc)
+            if producer is None:
+                return
+            self._routing.by_ssrc[ssrc] = producer
+        producer.on_rtp(data, arrival)
+
+    def _identify_producer(self, data: bytes, ssrc: int) -> Producer | None:
+        """The producer of a stream not seen before: by SDP SSRC, then MID extension, then PT."""
+        producer = self._routing.announced.get(ssrc)
+        if producer is not None:
+            return producer
+        bounds = payload_bounds(data)
+        if bounds is not None and self._routing.mid_ext_id:
+            mid = find_extension(data, bounds[2], bounds[3], self._routing.mid_ext_id)
+            if mid is not None and mid.decode(errors="replace") in self.producers:
+                return self.producers[mid.decode()]
+        payload_type = data[1] & 0x7F
+        matches = [
+            p
+            for p in self.producers.values()
+            if payload_type in (p.codec.payload_type, p.codec.rtx_payload_type)
+        ]
+        return matches[0] if len(matches) == 1 else None
+
+    def _on_publisher_rtcp(self, data: bytes) -> None:
+        now = self._relay.clock()
+        for packet in _parse_rtcp(data):
+            if isinstance(packet, RtcpSrPacket):
+                producer = self._routing.by_ssrc.get(packet.ssrc)
+                if producer is not None:
+                    producer.on_sender_report(packet, now)
+
+    def _send_publisher_rtcp(self, packets: list[AnyRtcpPacket]) -> None:
+        if self._publisher_transport is not None:
+            self._publisher_transport.send_rtcp(b"".join(bytes(p) for p in packets))
+
+    # -- subscriber connection ----------------------------------------------------------------
+
+    def subscribe(self, producer: Producer, owner: ParticipantInfo) -> None:
+        """Forward `producer` to this participant: on an idle slot if one fits, else a new one."""
+        if self.closed:
+            return
+        slot = self._idle_slot_for(producer, owner.user_id)
+        if slot is None:
+            self._pending_subscriptions.append(producer)
+            self._schedule_negotiation()
+            return
+        slot.forwarder.attach(producer)
+        slot.last_user_id = owner.user_id
+        self.listener.tracks_changed(self.track_map())
+
+    def _idle_slot_for(self, producer: Producer, user_id: str) -> Slot | None:
+        fitting = [
+            s
+            for s in self.slots
+            if s.started
+            and s.forwarder.idle
+            and s.forwarder.kind == producer.kind
+            and s.forwarder.codec.same_stream_format(producer.codec)
+        ]
+        fitting.sort(key=lambda s: s.last_user_id != user_id)
+        return fitting[0] if fitting else None
+
+    def unsubscribe(self, producer: Producer) -> None:
+        changed = False
+        for slot in self.slots:
+            if slot.forwarder.producer is producer:
+                slot.forwarder.detach()
+                changed = True
+        if producer in self._pending_subscriptions:
+            self._pending_subscriptions.remove(producer)
+        if changed and not self.closed:
+            self.listener.tracks_changed(self.track_map())
+
+    def track_map(self) -> list[TrackInfo]:
+        tracks = []
+        for slot in self.slots:
+            mid = slot.transceiver.mid
+            if mid is None:
+                continue
+            producer = slot.forwarder.producer
+            owner = self.room.participants.get(producer.owner) if producer else None
+            tracks.append(
+                TrackInfo(
+                    mid=mid,
+                    kind=slot.forwarder.kind,
+                    socket_id=owner.socket_id if owner else None,
+                    user_id=owner.info.user_id if owner else None,
+                )
+            )
+        return tracks
+
+    def _schedule_negotiation(self) -> None:
+        if self._negotiation is None or self._negotiation.done():
+            self._negotiation = asyncio.create_task(self._negotiate())
+
+    async def _negotiate(self) -> None:
+        if self._awaiting_answer or self.closed:
+            return  # the answer handler negotiates again for what is still pending
+        pending = [p for p in self._pending_subscriptions if not p.closed]
+        self._pending_subscriptions.clear()
+        if not pending:
+            return
+        pc = self._subscriber_pc or self._new_connection("subscriber")
+        self._subscriber_pc = pc
+        for producer in pending:
+            self._add_slot(pc, producer)
+        self._awaiting_answer = True
+        try:
+            await pc.setLocalDescription(await pc.createOffer())
+        except Exception:
+            logger.exception("creating the subscriber offer for %s failed", self.socket_id)
+            self._awaiting_answer = False
+            return
+        if not self.closed:
+            self.listener.subscriber_offer(pc.localDescription.sdp, self.track_map())
+
+    def _add_slot(self, pc: RTCPeerConnection, producer: Producer) -> None:
+        transceiver = pc.addTransceiver(IdleTrack(producer.kind), direction="sendonly")
+        transceiver.setCodecPreferences(producer.codec.capabilities())
+        ssrc, rtx_ssrc = aiortc_adapter.sender_ssrcs(transceiver.sender)
+        forwarder = Forwarder(
+            kind=producer.kind,
+            ssrc=ssrc,
+            rtx_ssrc=rtx_ssrc,
+            codec=producer.codec,
+            clock=self._relay.clock,
+            wall_clock=time.time,
+        )
+        owner = self.room.participants.get(producer.owner)
+        forwarder.attach(producer)
+        self.slots.append(
+            Slot(transceiver, forwarder, last_user_id=owner.info.user_id if owner else None)
+        )
+        self._forwarders_by_ssrc[ssrc] = forwarder
+
+    async def handle_subscriber_answer(self, sdp: str) -> None:
+        pc = self._subscriber_pc
+        if pc is None or not self._awaiting_answer:
+            raise NegotiationError("there is no subscriber offer waiting for an answer")
+        answered = {s.mid: s for s in parse_sections(sdp)}
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        except Exception as exc:
+            raise NegotiationError(f"the answer was refused: {exc}") from exc
+        finally:
+            self._awaiting_answer = False
+        self._start_slots(pc, answered)
+        if self._pending_subscriptions:
+            self._schedule_negotiation()
+
+    def _start_slots(self, pc: RTCPeerConnection, answered: dict[str, MediaSection]) -> None:
+        transport = self._subscriber_transport
+        if transport is None:
+            dtls = aiortc_adapter.dtls_transport_of(pc)
+            if dtls is None:
+                return
+            transport = self._subscriber_transport = MediaTransport(dtls)
+            transport.on_rtcp = self._on_subscriber_rtcp
+        for slot in self.slots:
+            mid = slot.transceiver.mid
+            section = answered.get(mid) if mid is not None else None
+            if slot.started or mid is None:
+                continue
+            if section is None or section.codec is None:
+                slot.forwarder.detach()  # the client refused this track
+                continue
+            slot.forwarder.start(
+                transport,
+                SendParameters(
+                    codec=section.codec,
+                    mid=mid,
+                    mid_id=section.extensions.get(MID_URI, 0),
+                    abs_send_time_id=section.extensions.get(ABS_SEND_TIME_URI, 0),
+                ),
+            )
+            slot.started = True
+
+    def _on_subscriber_rtcp(self, data: bytes) -> None:
+        by_ssrc = self._forwarders_by_ssrc
+        for packet in _parse_rtcp(data):
+            if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                for report in packet.reports:
+                    forwarder = by_ssrc.get(report.ssrc)
+                    if forwarder is not None:
+                        forwarder.on_receiver_report(report)
+            elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+                forwarder = by_ssrc.get(packet.media_ssrc)
+                if forwarder is not None:
+                    forwarder.on_nack(packet.lost)
+            elif isinstance(packet, RtcpPsfbPacket):
+                self._on_payload_feedback(packet)
+
+    def _on_payload_feedback(self, packet: RtcpPsfbPacket) -> None:
+        by_ssrc = self._forwarders_by_ssrc
+        if packet.fmt == RTCP_PSFB_PLI:
+            forwarder = by_ssrc.get(packet.media_ssrc)
+            if forwarder is not None:
+                forwarder.on_keyframe_request()
+        elif packet.fmt == RTCP_PSFB_FIR and len(packet.fci) >= 4:
+            forwarder = by_ssrc.get(int.from_bytes(packet.fci[:4], "big"))
+            if forwarder is not None:
+                forwarder.on_keyframe_request()
+        elif packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            video = [by_ssrc[s] for s in ssrcs if s in by_ssrc and by_ssrc[s].kind == "video"]
+            for forwarder in video:
+                forwarder.on_remb(bitrate // len(video))
+
+    # -- shared -------------------------------------------------------------------------------
+
+    def _new_connection(self, role: str) -> RTCPeerConnection:
+        pc = RTCPeerConnection(self._relay.settings.rtc_configuration())
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            if pc.connectionState == "failed" and not self.closed:
+                reason = "ice" if pc.iceConnectionState == "failed" else "dtls"
+                self._relay.stats.connection_failures[reason] += 1
+                self.room.drop(self, "ice-failed")
+
+        return pc
+
+    async def add_ice_candidate(self, target: str, candidate: dict[str, Any] | None) -> None:
+        pc = self._publisher_pc if target == "publisher" else self._subscriber_pc
+        if pc is None:
+            raise NegotiationError(f"there is no {target} connection yet")
+        if candidate is None or not candidate.get("candidate"):
+            return  # end of candidates: aiortc needs no marker
+        text = str(candidate["candidate"])
+        parsed = candidate_from_sdp(
+            text.split(":", 1)[1] if text.startswith("candidate:") else text
+        )
+        parsed.sdpMid = candidate.get("sdpMid")
+        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
+            parsed.sdpMLineIndex = 0
+        await pc.addIceCandidate(parsed)
+
+    def rtcp_tick(self) -> None:
+        """Periodic RTCP: receiver reports and REMB to the publisher, sender reports to us."""
+        now = self._relay.clock()
+        reports = [r for p in self.producers.values() if (r := p.receiver_report(now))]
+        if reports and self._publisher_transport is not None:
+            rtcp_ssrc = self._publisher_rtcp_ssrc()
+            self._publisher_transport.send_rtcp(
+                bytes(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports))
+            )
+        for producer in self.producers.values():
+            producer.update_bandwidth(force=True)
+        if self._subscriber_transport is not None:
+            sender_reports = [
+                bytes(sr) for slot in self.slots if (sr := slot.forwarder.sender_report())
+            ]
+            if sender_reports:
+                self._subscriber_transport.send_rtcp(b"".join(sender_reports))
+        if self.first_media_at is None:
+            arrivals = [p.first_packet_at for p in self.producers.values() if p.first_packet_at]
+            if arrivals:
+                self.first_media_at = min(arrivals)
+                self._relay.stats.setup_time.observe(max(self.first_media_at - self.joined_at, 0))
+
+    def _publisher_rtcp_ssrc(self) -> int:
+        pc = self._publisher_pc
+        transceivers = pc.getTransceivers() if pc else []
+        return aiortc_adapter.sender_ssrcs(transceivers[0].sender)[0] if transceivers else 0
+
+    def codec_work(self) -> tuple[int, int]:
+        """(decoders, encoders) running for this participant's tracks: (0, 0) when forwarding."""
+        decoders = encoders = 0
+        for pc in (self._publisher_pc, self._subscriber_pc):
+            if pc is not None:
+                d, e = aiortc_adapter.codec_work(pc)
+                decoders, encoders = decoders + d, encoders + e
+        return decoders, encoders
+
+    def connection_states(self) -> dict[str, str]:
+        return {
+            role: pc.connectionState
+            for role, pc in (("publisher", self._publisher_pc), ("subscriber", self._subscriber_pc))
+            if pc is not None
+        }
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for producer in self.producers.values():
+            producer.close()
+        for slot in self.slots:
+            slot.forwarder.detach()
+        for transport in (self._publisher_transport, self._subscriber_transport):
+            if transport is not None:
+                transport.detach()
+        if self._negotiation is not None and not self._negotiation.done():
+            self._negotiation.cancel()
+        for pc in (self._publisher_pc, self._subscriber_pc):
+            if pc is not None:
+                await _close_quietly(pc)
+
+
+def _parse_rtcp(data: bytes) -> list[AnyRtcpPacket]:
+    try:
+        return RtcpPacket.parse(data)
+    except ValueError:
+        return []
+
+
+async def _close_quietly(pc: RTCPeerConnection) -> None:
+    try:
+        await asyncio.wait_for(pc.close(), timeout=5)
+    except Exception:
+        logger.warning("closing a peer connection failed", exc_info=True)

@@ -1,0 +1,155 @@
+"""A call: its participants, and which producer is forwarded to whom."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from relay.participant import Participant, ParticipantInfo, ParticipantListener
+from relay.producer import Producer
+from relay.stats import StreamSample
+
+if TYPE_CHECKING:
+    from relay.sfu import Relay
+
+logger = logging.getLogger(__name__)
+
+
+class RoomFull(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the room already has {limit} participants")
+        self.limit = limit
+
+
+class Room:
+    def __init__(self, room_id: str, relay: Relay) -> None:
+        self.room_id = room_id
+        self.relay = relay
+        self.participants: dict[str, Participant] = {}
+        self.opened_at_wall = time.time()
+        self.closed = False
+        self._ever_joined: set[str] = set()
+        self._setup_times: list[float] = []
+        self._final_samples: list[StreamSample] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._rtcp_task = asyncio.create_task(self._rtcp_loop())
+
+    async def join(self, info: ParticipantInfo, listener: ParticipantListener) -> Participant:
+        """Add a participant; a second connection of the same user replaces the first."""
+        replaced = [p for p in self.participants.values() if p.info.user_id == info.user_id]
+        if not replaced and len(self.participants) >= self.relay.settings.max_participants:
+            raise RoomFull(self.relay.settings.max_participants)
+        for old in replaced:
+            await self._remove(old, "replaced", tell_them=True)
+        participant = Participant(self, info, listener)
+        others = list(self.participants.values())
+        self.participants[info.socket_id] = participant
+        self._ever_joined.add(info.socket_id)
+        self.relay.stats.participants_joined += 1
+        for other in others:
+            other.listener.user_joined(participant)
+            for producer in other.producers.values():
+                participant.subscribe(producer, other.info)
+        return participant
+
+    async def leave(self, participant: Participant, reason: str) -> None:
+        await self._remove(participant, reason, tell_them=False)
+
+    def drop(self, participant: Participant, reason: str) -> None:
+        """Remove a participant from a callback that cannot wait (connection failed)."""
+        task = asyncio.create_task(self._remove(participant, reason, tell_them=True))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _remove(self, participant: Participant, reason: str, tell_them: bool) -> None:
+        if self.participants.get(participant.socket_id) is not participant:
+            return
+        del self.participants[participant.socket_id]
+        self.relay.stats.participants_left += 1
+        self._remember(participant)
+        for other in self.participants.values():
+            for producer in participant.producers.values():
+                other.unsubscribe(producer)
+        await participant.close()
+        if tell_them:
+            participant.listener.closed_by_relay(reason)
+        for other in self.participants.values():
+            other.listener.user_left(participant, reason)
+        if not self.participants:
+            await self.relay.close_room(self)
+
+    def _remember(self, participant: Participant) -> None:
+        """Keep what a leaving participant's streams counted, for the end-of-call summary."""
+        self._final_samples.extend(self._samples_of(participant))
+        if participant.first_media_at is not None:
+            self._setup_times.append(participant.first_media_at - participant.joined_at)
+
+    def producers_added(self, owner: Participant, producers: list[Producer]) -> None:
+        for other in self.participants.values():
+            if other is owner:
+                continue
+            for producer in producers:
+                other.subscribe(producer, owner.info)
+
+    def set_media_state(
+        self, participant: Participant, audio: bool, video: bool, screen: bool
+    ) -> None:
+        participant.media.audio, participant.media.video = audio, video
+        participant.media.screen = screen
+        for other in self.participants.values():
+            if other is not participant:
+                other.listener.media_state_changed(participant)
+
+    def stream_samples(self) -> list[StreamSample]:
+        return [s for p in self.participants.values() for s in self._samples_of(p)]
+
+    def _samples_of(self, participant: Participant) -> list[StreamSample]:
+        info = participant.info
+        samples = [
+            StreamSample(self.room_id, info.socket_id, info.role, info.socket_id, p.stats)
+            for p in participant.producers.values()
+        ]
+        for slot in participant.slots:
+            producer = slot.forwarder.producer
+            if slot.forwarder.stats.packets or producer is not None:
+                source = producer.owner if producer else ""
+                samples.append(
+                    StreamSample(
+                        self.room_id, info.socket_id, info.role, source, slot.forwarder.stats
+                    )
+                )
+        return samples
+
+    @property
+    def setup_times(self) -> tuple[float, ...]:
+        return tuple(self._setup_times)
+
+    @property
+    def final_samples(self) -> tuple[StreamSample, ...]:
+        return tuple(self._final_samples)
+
+    @property
+    def participant_count_ever(self) -> int:
+        return len(self._ever_joined)
+
+    async def _rtcp_loop(self) -> None:
+        interval = self.relay.settings.rtcp_interval
+        while True:
+            await asyncio.sleep(interval)
+            for participant in list(self.participants.values()):
+                try:
+                    participant.rtcp_tick()
+                except Exception:
+                    logger.exception("RTCP for %s failed", participant.socket_id)
+
+    async def close(self) -> None:
+        """Tear the room down (relay shutdown); participants are told the call is over."""
+        self.closed = True
+        self._rtcp_task.cancel()
+        for participant in list(self.participants.values()):
+            self._remember(participant)
+            await participant.close()
+            participant.listener.closed_by_relay("shutdown")
+        self.participants.clear()

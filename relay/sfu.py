@@ -1,0 +1,80 @@
+"""The relay: every room this process serves, its settings and its counters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator
+
+from relay import aiortc_adapter
+from relay.room import Room
+from relay.settings import RelaySettings
+from relay.stats import CallClosed, RelayStats, StreamSample
+
+logger = logging.getLogger(__name__)
+
+CallClosedListener = Callable[[CallClosed], None]
+
+
+class Relay:
+    """Rooms live wholly inside one process (one core): state stays on this object, never global."""
+
+    def __init__(self, settings: RelaySettings | None = None) -> None:
+        aiortc_adapter.self_test()
+        self.settings = settings or RelaySettings()
+        self.stats = RelayStats()
+        self.rooms: dict[str, Room] = {}
+        self.clock = asyncio.get_running_loop().time
+        self._call_closed_listeners: list[CallClosedListener] = []
+
+    def room(self, room_id: str) -> Room:
+        """The room with this id, opened on first use."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            room = self.rooms[room_id] = Room(room_id, self)
+            self.stats.rooms_opened += 1
+        return room
+
+    async def close_room(self, room: Room) -> None:
+        if self.rooms.get(room.room_id) is room:
+            del self.rooms[room.room_id]
+        if room.closed:
+            return
+        await room.close()
+        self.stats.rooms_closed += 1
+        event = CallClosed(
+            call=room.room_id,
+            opened_at_wall=room.opened_at_wall,
+            closed_at_wall=time.time(),
+            participants=room.participant_count_ever,
+            setup_times=room.setup_times,
+            samples=room.final_samples,
+        )
+        for listener in self._call_closed_listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception("a call-closed listener failed")
+
+    def on_call_closed(self, listener: CallClosedListener) -> None:
+        self._call_closed_listeners.append(listener)
+
+    def stream_samples(self) -> Iterator[StreamSample]:
+        for room in self.rooms.values():
+            yield from room.stream_samples()
+
+    def active_calls(self) -> int:
+        return len(self.rooms)
+
+    def active_participants(self) -> int:
+        return sum(len(room.participants) for room in self.rooms.values())
+
+    def active_tracks(self) -> int:
+        return sum(
+            len(p.producers) for room in self.rooms.values() for p in room.participants.values()
+        )
+
+    async def close(self) -> None:
+        for room in list(self.rooms.values()):
+            await self.close_room(room)

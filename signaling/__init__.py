@@ -1,0 +1,1 @@
+"""WebSocket signaling between browsers and the relay."""

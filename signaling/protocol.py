@@ -1,0 +1,140 @@
+"""The wire format of `/ws` (docs/signaling.md): parsing and validating client messages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_SDP_CHARS = 32 * 1024
+MAX_ROOM_ID_CHARS = 128
+TARGETS = ("publisher", "subscriber")
+
+CLIENT_EVENTS = (
+    "authenticate",
+    "join-room",
+    "offer",
+    "answer",
+    "ice-candidate",
+    "media-state",
+    "leave-room",
+    "ping",
+)
+
+
+class ProtocolError(Exception):
+    """A message the server refuses; answered with an `error` event."""
+
+    def __init__(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details or {}
+
+
+@dataclass(frozen=True)
+class Message:
+    event: str
+    data: dict[str, Any]
+
+
+def parse_message(text: str) -> Message:
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("INVALID_MESSAGE", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError("INVALID_MESSAGE", f"not valid JSON: {exc.msg}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("event"), str):
+        raise ProtocolError("INVALID_MESSAGE", 'expected {"event": string, "data": object}')
+    event = raw["event"]
+    data = raw.get("data", {})
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProtocolError("INVALID_MESSAGE", "`data` must be an object", {"event": event})
+    if event not in CLIENT_EVENTS:
+        raise ProtocolError("UNKNOWN_EVENT", f"unknown event {event!r}", {"event": event})
+    return Message(event, data)
+
+
+def _invalid(event: str, field: str, problem: str) -> ProtocolError:
+    return ProtocolError(
+        "VALIDATION_ERROR",
+        f"{event}: `{field}` {problem}",
+        {"event": event, "field": field},
+    )
+
+
+def require_str(data: dict[str, Any], event: str, field: str, max_chars: int) -> str:
+    value = data.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid(event, field, "must be a non-empty string")
+    if len(value) > max_chars:
+        raise _invalid(event, field, f"must be at most {max_chars} characters")
+    return value
+
+
+def require_target(data: dict[str, Any], event: str, default: str | None = None) -> str:
+    target = data.get("target", default)
+    if target not in TARGETS:
+        raise _invalid(event, "target", "must be 'publisher' or 'subscriber'")
+    return str(target)
+
+
+def session_description(data: dict[str, Any], event: str, field: str, kind: str) -> str:
+    """The SDP of `{field: {type, sdp}}`; also accepts a bare SDP string."""
+    value = data.get(field)
+    if isinstance(value, str):
+        sdp = value
+    elif isinstance(value, dict):
+        if value.get("type", kind) != kind:
+            raise _invalid(event, f"{field}.type", f"must be {kind!r}")
+        sdp = value.get("sdp")  # type: ignore[assignment]
+    else:
+        raise _invalid(event, field, "must be an RTCSessionDescription {type, sdp}")
+    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
+        raise _invalid(event, f"{field}.sdp", "must be an SDP text starting with v=0")
+    if len(sdp) > MAX_SDP_CHARS:
+        raise _invalid(event, f"{field}.sdp", f"must be at most {MAX_SDP_CHARS} characters")
+    return sdp
+
+
+def ice_candidate(data: dict[str, Any]) -> dict[str, Any] | None:
+    candidate = data.get("candidate")
+    if candidate is None:
+        return None
+    if not isinstance(candidate, dict):
+        raise _invalid("ice-candidate", "candidate", "must be an RTCIceCandidate object or null")
+    text = candidate.get("candidate")
+    if text in (None, ""):
+        return None
+    if not isinstance(text, str) or len(text) > 1024:
+        raise _invalid("ice-candidate", "candidate.candidate", "must be a candidate line")
+    mid = candidate.get("sdpMid")
+    index = candidate.get("sdpMLineIndex")
+    if mid is not None and not isinstance(mid, str):
+        raise _invalid("ice-candidate", "candidate.sdpMid", "must be a string")
+    if index is not None and (not isinstance(index, int) or isinstance(index, bool) or index < 0):
+        raise _invalid("ice-candidate", "candidate.sdpMLineIndex", "must be a non-negative integer")
+    return {"candidate": text, "sdpMid": mid, "sdpMLineIndex": index}
+
+
+def media_state(data: dict[str, Any]) -> tuple[bool, bool, bool]:
+    values = []
+    for field in ("audio", "video", "screen"):
+        value = data.get(field, field != "screen")
+        if not isinstance(value, bool):
+            raise _invalid("media-state", field, "must be true or false")
+        values.append(value)
+    return values[0], values[1], values[2]
+
+
+def outbound(event: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {"event": event, "data": data}
+
+
+def error_event(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return outbound("error", {"code": code, "message": message, "details": details or {}})

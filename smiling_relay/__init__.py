@@ -1,0 +1,1 @@
+"""Composition root: configuration, the aiohttp app factory and the `smiling-relay` command."""

@@ -1,0 +1,214 @@
+"""Configuration read from the environment, with the platform's variable names.
+
+Everything the service needs is parsed and validated here, once, at start-up: a bad value stops
+the process with a `ConfigError` that names the variable, instead of failing later mid-call.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+log = logging.getLogger(__name__)
+
+PRODUCTION_NAMES = frozenset({"production", "prod"})
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+def utc_now() -> datetime:
+    """The default clock: timezone-aware UTC now."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The service's settings: `Config.from_env()`; tests derive variants with `replace`."""
+
+    jwt_secret: str
+    # True when no JWT_SECRET was given and a random one was generated (development only).
+    jwt_secret_generated: bool = False
+    environment: str = "development"
+    host: str = "0.0.0.0"
+    port: int = 8080
+    public_url: str | None = None
+    mongodb_uri: str | None = None
+    sqlite_path: str = "data/relay.sqlite3"
+    stun_server_url: str | None = None
+    turn_server_url: str | None = None
+    turn_username: str | None = None
+    turn_password: str | None = None
+    # TURN REST API (coturn --use-auth-secret): ephemeral credentials instead of a static pair.
+    turn_secret: str | None = None
+    turn_credential_ttl: int = 86400
+    turn_urls: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    room_max_participants: int = 4
+    relay_announced_ip: str | None = None
+    relay_bind_ips: tuple[str, ...] = ()
+    relay_udp_ports: tuple[int, int] | None = None
+    rate_limit_api_per_min: int = 10
+    rate_limit_ws_per_min: int = 3
+    # Injected so time-window rules are testable without sleeping; never compared or printed.
+    clock: Callable[[], datetime] = field(default=utc_now, compare=False, repr=False)
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment in PRODUCTION_NAMES
+
+    @property
+    def storage_backend(self) -> str:
+        return "mongodb" if self.mongodb_uri else "sqlite"
+
+    def base_url(self) -> str:
+        """Where a browser on this machine reaches the service (for printed links)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Parse and validate the environment (default `os.environ`)."""
+        env = _Env(os.environ if environ is None else environ)
+        environment = (env.get_str("APP_ENV") or env.get_str("NODE_ENV") or "development").lower()
+        is_production = environment in PRODUCTION_NAMES
+
+        jwt_secret = env.get_str("JWT_SECRET")
+        generated = False
+        if jwt_secret is None:
+            if is_production:
+                raise ConfigError(
+                    "JWT_SECRET is required in production: set it to the platform's token "
+                    "signing secret (the same value the Smiling Steps API uses)."
+                )
+            jwt_secret = secrets.token_hex(32)
+            generated = True
+        elif len(jwt_secret) < MIN_SECRET_LENGTH:
+            log.warning(
+                "JWT_SECRET is shorter than %d characters; HS256 secrets that short are weak",
+                MIN_SECRET_LENGTH,
+            )
+
+        udp_ports = env.get_port_range("RELAY_UDP_PORTS")
+        return cls(
+            jwt_secret=jwt_secret,
+            jwt_secret_generated=generated,
+            environment=environment,
+            host=env.get_str("HOST") or "0.0.0.0",
+            port=env.get_int("PORT", 8080, minimum=0, maximum=65535),
+            public_url=env.get_url("PUBLIC_URL", schemes=("http", "https")),
+            mongodb_uri=env.get_url("MONGODB_URI", schemes=("mongodb", "mongodb+srv")),
+            sqlite_path=env.get_str("SQLITE_PATH") or "data/relay.sqlite3",
+            stun_server_url=env.get_ice_url("STUN_SERVER_URL", schemes=("stun", "stuns")),
+            turn_server_url=env.get_ice_url("TURN_SERVER_URL", schemes=("turn", "turns")),
+            turn_username=env.get_str("TURN_USERNAME"),
+            turn_password=env.get_str("TURN_PASSWORD"),
+            turn_secret=env.get_str("TURN_SECRET"),
+            turn_credential_ttl=env.get_int("TURN_CREDENTIAL_TTL", 86400, minimum=60),
+            turn_urls=tuple(
+                _check_ice_url("TURN_URLS", u, ("turn", "turns")) for u in env.get_list("TURN_URLS")
+            ),
+            cors_origins=env.get_list("CORS_ORIGIN"),
+            room_max_participants=env.get_int("ROOM_MAX_PARTICIPANTS", 4, minimum=2, maximum=64),
+            relay_announced_ip=env.get_ip("RELAY_ANNOUNCED_IP"),
+            relay_bind_ips=tuple(
+                _check_ip("RELAY_BIND_IPS", ip) for ip in env.get_list("RELAY_BIND_IPS")
+            ),
+            relay_udp_ports=udp_ports,
+            rate_limit_api_per_min=env.get_int("RATE_LIMIT_API_PER_MIN", 10, minimum=0),
+            rate_limit_ws_per_min=env.get_int("RATE_LIMIT_WS_PER_MIN", 3, minimum=0),
+        )
+
+
+class _Env:
+    """Typed accessors over an environment mapping; empty strings count as unset."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get_str(self, name: str) -> str | None:
+        value = self._environ.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    def get_int(self, name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+        raw = self.get_str(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ConfigError(f"{name} must be {bound}, got {value}")
+        return value
+
+    def get_list(self, name: str) -> tuple[str, ...]:
+        raw = self.get_str(name)
+        if raw is None:
+            return ()
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+    def get_url(self, name: str, *, schemes: tuple[str, ...]) -> str | None:
+        raw = self.get_str(name)
+        if raw is None:
+            return None
+        scheme, sep, rest = raw.partition("://")
+        if not sep or scheme.lower() not in schemes or not rest:
+            raise ConfigError(f"{name} must be a {'/'.join(schemes)} URL, got {raw!r}")
+        return raw
+
+    def get_ice_url(self, name: str, *, schemes: tuple[str, ...]) -> str | None:
+        raw = self.get_str(name)
+        return None if raw is None else _check_ice_url(name, raw, schemes)
+
+    def get_ip(self, name: str) -> str | None:
+        raw = self.get_str(name)
+        return None if raw is None else _check_ip(name, raw)
+
+    def get_port_range(self, name: str) -> tuple[int, int] | None:
+        raw = self.get_str(name)
+        if raw is None:
+            return None
+        low_s, sep, high_s = raw.partition("-")
+        try:
+            low, high = int(low_s), int(high_s)
+        except ValueError:
+            raise ConfigError(f"{name} must look like 40000-40999, got {raw!r}") from None
+        if not sep or not (1024 <= low <= high <= 65535):
+            raise ConfigError(f"{name} must be an ascending range within 1024-65535, got {raw!r}")
+        return (low, high)
+
+
+def _check_ice_url(name: str, value: str, schemes: tuple[str, ...]) -> str:
+    # ICE URLs are `stun:host[:port]` / `turn:host[:port][?transport=udp]` (RFC 7064/7065).
+    scheme, sep, rest = value.partition(":")
+    if not sep or scheme.lower() not in schemes or not rest or rest.startswith("//"):
+        raise ConfigError(
+            f"{name} must be a {'/'.join(schemes)}: URL like stun:host:3478, got {value!r}"
+        )
+    return value
+
+
+def _check_ip(name: str, value: str) -> str:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ConfigError(f"{name} must contain IP addresses, got {value!r}") from None
+    return value

@@ -1,0 +1,45 @@
+"""Persistence: the `Storage` interface, its records, and the SQLite and MongoDB backends."""
+
+from storage.base import (
+    AUDIT_ACTIONS,
+    PAYMENT_STATUSES,
+    ROLES,
+    SESSION_STATUSES,
+    SESSION_TYPES,
+    AuditEntry,
+    DuplicateError,
+    HistoryPage,
+    SessionRecord,
+    Storage,
+    StorageError,
+    UserRecord,
+    call_duration_minutes,
+    format_datetime,
+    is_object_id,
+    new_id,
+    parse_datetime,
+    to_utc_ms,
+)
+from storage.factory import open_storage
+
+__all__ = [
+    "AUDIT_ACTIONS",
+    "PAYMENT_STATUSES",
+    "ROLES",
+    "SESSION_STATUSES",
+    "SESSION_TYPES",
+    "AuditEntry",
+    "DuplicateError",
+    "HistoryPage",
+    "SessionRecord",
+    "Storage",
+    "StorageError",
+    "UserRecord",
+    "call_duration_minutes",
+    "format_datetime",
+    "is_object_id",
+    "new_id",
+    "open_storage",
+    "parse_datetime",
+    "to_utc_ms",
+]

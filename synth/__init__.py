@@ -1,0 +1,1 @@
+"""Synthetic media: test patterns with machine-readable frame counters, tones, QA calls."""

@@ -1,0 +1,291 @@
+"""An aiortc participant that speaks the relay's signaling protocol (docs/signaling.md).
+
+Used by the tests and by `smiling-relay synth`: it joins a room over the real WebSocket, publishes
+its tracks on the publisher connection, answers the relay's subscriber offers, and attaches a
+`VideoProbe`/`AudioProbe` to every track it receives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.contrib.media import MediaBlackhole
+
+from synth.probe import AudioProbe, VideoProbe
+
+logger = logging.getLogger(__name__)
+
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+class SignalingError(RuntimeError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+
+
+class CallClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        ice_servers: list[RTCIceServer] | None = None,
+        relay_only: bool = False,
+        probe_media: bool = True,
+        use_query_token: bool = True,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.probe_media = probe_media
+        self.use_query_token = use_query_token
+        self._configuration = RTCConfiguration(iceServers=list(ice_servers or []))
+        if relay_only:
+            from aiortc.rtcconfiguration import RTCIceTransportPolicy
+
+            self._configuration.iceTransportPolicy = RTCIceTransportPolicy.RELAY
+        self.socket_id: str | None = None
+        self.history: list[dict[str, Any]] = []
+        self.track_map: dict[str, dict[str, Any]] = {}
+        self.video_probes: dict[str, VideoProbe] = {}
+        self.audio_probes: dict[str, AudioProbe] = {}
+        self.publisher: RTCPeerConnection | None = None
+        self.subscriber: RTCPeerConnection | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._blackholes: list[MediaBlackhole] = []
+        self.closed_code: int | None = None
+
+    # -- connection ---------------------------------------------------------------------------
+
+    async def connect(self) -> dict[str, Any]:
+        self._session = aiohttp.ClientSession()
+        url = f"{self.base_url}/ws"
+        if self.use_query_token:
+            url += f"?token={self.token}"
+        self._ws = await self._session.ws_connect(url, heartbeat=10)
+        self._reader = asyncio.create_task(self._read_loop())
+        if not self.use_query_token:
+            await self.send("authenticate", {"token": self.token})
+        message = await self.wait_for_any(("authenticated", "error"))
+        if message["event"] == "error":
+            raise SignalingError(message["data"]["code"], message["data"]["message"])
+        self.socket_id = message["data"]["socketId"]
+        return dict(message["data"])
+
+    async def join(self, room_id: str, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109
+        mark = len(self.history)
+        await self.send("join-room", {"roomId": room_id})
+        message = await self.wait_for_any(("room-joined", "error"), after=mark, timeout=timeout)
+        if message["event"] == "error":
+            raise SignalingError(message["data"]["code"], message["data"]["message"])
+        return dict(message["data"])
+
+    async def publish(self, *tracks: MediaStreamTrack, video_codec: str | None = None) -> None:
+        """Send `tracks` to the relay on the publisher connection (offer → answer)."""
+        pc = self.publisher = RTCPeerConnection(self._configuration)
+        for track in tracks:
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            if track.kind == "video" and video_codec:
+                caps = RTCRtpSender.getCapabilities("video").codecs
+                preferred = [
+                    c for c in caps if c.mimeType.lower() == f"video/{video_codec}".lower()
+                ]
+                rtx = [c for c in caps if c.mimeType.lower() == "video/rtx"]
+                transceiver.setCodecPreferences(preferred + rtx)
+        await pc.setLocalDescription(await pc.createOffer())
+        mark = len(self.history)
+        await self.send(
+            "offer",
+            {"offer": {"type": "offer", "sdp": pc.localDescription.sdp}, "target": "publisher"},
+        )
+        message = await self.wait_for_any(("answer", "error"), after=mark)
+        if message["event"] == "error":
+            raise SignalingError(message["data"]["code"], message["data"]["message"])
+        await pc.setRemoteDescription(
+            RTCSessionDescription(sdp=message["data"]["answer"]["sdp"], type="answer")
+        )
+
+    async def send(self, event: str, data: dict[str, Any] | None = None) -> None:
+        assert self._ws is not None
+        await self._ws.send_json({"event": event, "data": data or {}})
+
+    async def send_raw(self, text: str) -> None:
+        assert self._ws is not None
+        await self._ws.send_str(text)
+
+    async def leave(self) -> None:
+        mark = len(self.history)
+        await self.send("leave-room", {})
+        await self.wait_for("room-left", after=mark)
+        await self._close_peers()
+
+    async def close(self) -> None:
+        await self._close_peers()
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        if self._session is not None:
+            await self._session.close()
+
+    async def _close_peers(self) -> None:
+        for probe in [*self.video_probes.values(), *self.audio_probes.values()]:
+            await probe.stop()
+        for hole in self._blackholes:
+            await hole.stop()
+        for pc in (self.publisher, self.subscriber):
+            if pc is not None:
+                await pc.close()
+
+    # -- incoming -----------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        assert self._ws is not None
+        async for raw in self._ws:
+            if raw.type != aiohttp.WSMsgType.TEXT:
+                break
+            message = raw.json()
+            self.history.append(message)
+            try:
+                await self._react(message)
+            except Exception:
+                logger.exception("client failed to handle %s", message.get("event"))
+            self._notify()
+        self.closed_code = self._ws.close_code
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _react(self, message: dict[str, Any]) -> None:
+        event, data = message.get("event"), message.get("data", {})
+        if event == "offer" and data.get("target") == "subscriber":
+            self._update_tracks(data.get("tracks", []))
+            await self._answer_subscriber(data["offer"]["sdp"])
+        elif event == "tracks":
+            self._update_tracks(data["tracks"])
+
+    def _update_tracks(self, tracks: list[dict[str, Any]]) -> None:
+        self.track_map = {t["mid"]: t for t in tracks}
+
+    async def _answer_subscriber(self, sdp: str) -> None:
+        if self.subscriber is None:
+            self.subscriber = RTCPeerConnection(self._configuration)
+            self.subscriber.on("track", self._on_track)
+        pc = self.subscriber
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self.send(
+            "answer",
+            {"answer": {"type": "answer", "sdp": pc.localDescription.sdp}, "target": "subscriber"},
+        )
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        assert self.subscriber is not None
+        mid = next(
+            (t.mid for t in self.subscriber.getTransceivers() if t.receiver.track is track), None
+        )
+        if mid is None:
+            return
+        if not self.probe_media:
+            hole = MediaBlackhole()
+            hole.addTrack(track)
+            self._blackholes.append(hole)
+            asyncio.ensure_future(hole.start())
+            return
+        probe: VideoProbe | AudioProbe = VideoProbe() if track.kind == "video" else AudioProbe()
+        probe.start(track)
+        if isinstance(probe, VideoProbe):
+            self.video_probes[mid] = probe
+        else:
+            self.audio_probes[mid] = probe
+
+    # -- waiting ------------------------------------------------------------------------------
+
+    async def wait_for(
+        self,
+        event: str,
+        predicate: Predicate | None = None,
+        *,
+        after: int = 0,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> dict[str, Any]:
+        """The first message of `event` (matching `predicate`) at history index ≥ `after`."""
+        return await self.wait_for_any((event,), predicate, after=after, timeout=timeout)
+
+    async def wait_for_any(
+        self,
+        events: tuple[str, ...],
+        predicate: Predicate | None = None,
+        *,
+        after: int = 0,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> dict[str, Any]:
+        async def scan() -> dict[str, Any]:
+            index = after
+            while True:
+                while index < len(self.history):
+                    message = self.history[index]
+                    index += 1
+                    if message.get("event") in events and (
+                        predicate is None or predicate(message.get("data", {}))
+                    ):
+                        return message
+                if self.closed_code is not None and index >= len(self.history):
+                    raise ConnectionError(
+                        f"socket closed ({self.closed_code}) waiting for {events}"
+                    )
+                await self._changed.wait()
+
+        try:
+            return await asyncio.wait_for(scan(), timeout)
+        except TimeoutError:
+            seen = [m.get("event") for m in self.history[after:]]
+            raise TimeoutError(f"no {events} within {timeout} s; got {seen}") from None
+
+    async def wait_until(
+        self, condition: Callable[[], bool], what: str, timeout: float = 10.0
+    ) -> None:  # noqa: ASYNC109
+        async def poll() -> None:
+            while not condition():
+                await asyncio.sleep(0.05)
+
+        try:
+            await asyncio.wait_for(poll(), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}") from None
+
+    # -- what was received --------------------------------------------------------------------
+
+    def mid_of(self, socket_id: str, kind: str) -> str | None:
+        for mid, info in self.track_map.items():
+            if info.get("socketId") == socket_id and info.get("kind") == kind:
+                return mid
+        return None
+
+    def video_from(self, socket_id: str) -> VideoProbe | None:
+        mid = self.mid_of(socket_id, "video")
+        return self.video_probes.get(mid) if mid else None
+
+    def audio_from(self, socket_id: str) -> AudioProbe | None:
+        mid = self.mid_of(socket_id, "audio")
+        return self.audio_probes.get(mid) if mid else None

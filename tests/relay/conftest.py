@@ -1,0 +1,53 @@
+"""Fixtures for media tests: a network namespace, the real app on a real port, aiortc clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from relay.sfu import Relay
+from smiling_relay.appkeys import RELAY_KEY
+from synth.client import CallClient
+from tests import netns
+from tests.conftest import AppFactory
+
+ClientMaker = Callable[..., Awaitable[CallClient]]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def media_netns() -> netns.Netns:
+    """Every test in this folder runs inside a namespace of its own (see tests/netns.py)."""
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return netns.enter_process_netns()
+
+
+@pytest.fixture
+async def server(
+    aiohttp_server: Callable[[web.Application], Awaitable[TestServer]], make_app: AppFactory
+) -> TestServer:
+    return await aiohttp_server(make_app())
+
+
+@pytest.fixture
+def relay(server: TestServer) -> Relay:
+    return server.app[RELAY_KEY]
+
+
+@pytest.fixture
+async def make_client(server: TestServer) -> AsyncIterator[ClientMaker]:
+    clients: list[CallClient] = []
+
+    async def factory(token: str, **kwargs: object) -> CallClient:
+        client = CallClient(str(server.make_url("")), token, **kwargs)  # type: ignore[arg-type]
+        clients.append(client)
+        await client.connect()
+        return client
+
+    yield factory
+    for client in clients:
+        await client.close()

@@ -1,0 +1,586 @@
+// The call, end to end: can-join → config → generate-room → camera/microphone → WebSocket join →
+// publisher / subscriber connections → start; end call → leave-room → POST end → summary.
+// Also the waiting room's re-checks and automatic reconnection when the WebSocket or ICE drops.
+//
+// CallSession holds the state and emits events; the ui/ modules only render it.
+
+import { AppError, FATAL_CODES, looksLikeCode } from "./errors.js";
+import { Emitter, delay } from "./events.js";
+import { LocalMedia } from "./media.js";
+import { PublisherConnection, SubscriberConnection, rtcConfiguration } from "./peer.js";
+import { QualityMonitor } from "./quality.js";
+import { SignalingClient } from "./signaling.js";
+
+/** Phases: checking, waiting, preparing, connecting, connected, reconnecting, failed, ending, ended, error. */
+export const CONNECTION_PHASES = new Set(["connecting", "connected", "reconnecting", "failed"]);
+
+const JOIN_EARLY_MINUTES = 15;
+const RECHECK_MS = 30000;
+const RECONNECT_BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000, 20000];
+const RECONNECT_GIVE_UP_MS = 120000;
+const ICE_DISCONNECTED_GRACE_MS = 5000;
+const PUBLISHER_CONNECT_TIMEOUT_MS = 15000;
+
+export const ROLE_LABELS = { client: "Client", psychologist: "Psychologist", admin: "Admin" };
+
+/** A can-join `reason` (a code, or a sentence from an older server) → an error code. */
+export function reasonCode(canJoin) {
+  const reason = canJoin?.reason;
+  if (looksLikeCode(reason)) return reason;
+  const text = String(reason ?? "").toLowerCase();
+  if (/too early|not started|hasn.t started|before/.test(text)) return "TOO_EARLY";
+  if (typeof canJoin?.minutesUntilSession === "number" && canJoin.minutesUntilSession > JOIN_EARLY_MINUTES) {
+    return "TOO_EARLY";
+  }
+  if (/payment/.test(text)) return "PAYMENT_PENDING";
+  if (/confirm/.test(text)) return "SESSION_NOT_CONFIRMED";
+  if (/expired|ended|passed|too late/.test(text)) return "SESSION_EXPIRED";
+  if (/cancel|declin/.test(text)) return "SESSION_CANCELLED";
+  if (/participant|authori|permission|allowed/.test(text)) return "PERMISSION_DENIED";
+  return "CANNOT_JOIN";
+}
+
+export class CallSession extends Emitter {
+  /**
+   * @param {{sessionId: string, token: string, claims: object|null, api: import('./api.js').ApiClient,
+   *          signalingUrl: string, relayOnly?: boolean}} options
+   */
+  constructor({ sessionId, token, claims, api, signalingUrl, relayOnly = false }) {
+    super();
+    this.sessionId = sessionId;
+    this.token = token;
+    this.api = api;
+    this.signalingUrl = signalingUrl;
+    this.relayOnly = relayOnly;
+    this.phase = "idle";
+    this.error = null; // the blocking error (phase "error")
+    this.lastErrorCode = null; // the most recent error code of any kind
+    this.waiting = null; // {opensAt, startsAt, canJoin}
+    this.room = null; // generate-room data
+    this.iceServers = [];
+    this.local = { socketId: null, userId: claims?.userId ?? null, role: claims?.role ?? null, name: "You" };
+    this.participants = new Map(); // socketId → remote participant
+    this.media = new LocalMedia();
+    this.signaling = null;
+    this.publisher = null;
+    this.subscriber = null;
+    this.startedAt = null; // Date the call started (server's videoCallStarted when known)
+    this.connectedAt = null;
+    this.summary = null;
+    this.reconnects = 0;
+    this.maxParticipants = null;
+    this.clockSkewMs = 0; // browser clock minus server clock (from can-join's currentTime)
+    this._generation = 0; // bumps on every (re)connect; stale callbacks check it
+    this._reconnecting = false;
+    this._recheckTimer = null;
+    this._disconnectTimers = new Map();
+    this._startRequested = false;
+    this._log = [];
+    this.quality = new QualityMonitor(
+      () => [this.publisher?.pc, this.subscriber?.pc],
+      () => [...this.participants.values()].some((p) => p.media?.video !== false && p.tracks?.video),
+    );
+    this.quality.on("sample", (q) => this.emit("quality", q));
+    this.media.on("change", () => this._onLocalMediaChange());
+    this.media.on("video-track", (track) => void this.publisher?.setVideoTrack(track));
+  }
+
+  // ---------------------------------------------------------------- flow
+
+  /** Run the flow from can-join (also the "Try again" of the error screen). */
+  async begin() {
+    this.error = null;
+    clearTimeout(this._recheckTimer);
+    this._setPhase("checking");
+    try {
+      const canJoin = await this.api.canJoin(this.sessionId);
+      const serverNow = parseDate(canJoin?.currentTime);
+      if (serverNow) this.clockSkewMs = Date.now() - serverNow.getTime();
+      if (!canJoin?.canJoin) {
+        const code = reasonCode(canJoin);
+        if (code === "TOO_EARLY") {
+          this._enterWaitingRoom(canJoin);
+          return;
+        }
+        throw new AppError(code, typeof canJoin?.reason === "string" ? canJoin.reason : code, {
+          details: canJoin,
+        });
+      }
+      const [config, room] = await Promise.all([this.api.config(), this.api.generateRoom(this.sessionId)]);
+      this.iceServers = config?.iceServers ?? [];
+      this.room = room;
+      this._resolveLocalName();
+      this.emit("room", room);
+      if (!this.media.audioTrack && !this.media.cameraTrack) {
+        this._setPhase("preparing");
+        await this.media.acquire();
+        if (this.media.notice) this._announce(this.media.notice === "NO_CAMERA"
+          ? "No camera found: you are joining with your microphone only."
+          : "No microphone found: you are joining with your camera only.");
+      }
+      await this._connect(false);
+    } catch (err) {
+      this._fail(err);
+    }
+  }
+
+  _enterWaitingRoom(canJoin) {
+    const now = Date.now();
+    // Server times are shifted by the server-to-browser clock difference, so a wrong computer
+    // clock doesn't show a wrong countdown.
+    const serverNow = parseDate(canJoin.currentTime);
+    const skew = serverNow ? now - serverNow.getTime() : 0;
+    this.clockSkewMs = skew;
+    const local = (value) => {
+      const d = parseDate(value);
+      return d ? new Date(d.getTime() + skew) : null;
+    };
+    const minutes = typeof canJoin.minutesUntilSession === "number" ? canJoin.minutesUntilSession : null;
+    const startsAt = local(canJoin.sessionDate) ?? (minutes == null ? null : new Date(now + minutes * 60000));
+    const opensAt =
+      local(canJoin.timeWindow?.allowedFrom) ??
+      (startsAt && new Date(startsAt.getTime() - JOIN_EARLY_MINUTES * 60000));
+    this.waiting = { opensAt, startsAt, canJoin };
+    this.lastErrorCode = "TOO_EARLY";
+    this._setPhase("waiting");
+    const untilOpen = opensAt ? opensAt.getTime() - now : RECHECK_MS;
+    this._recheckTimer = setTimeout(() => void this.begin(), Math.max(1000, Math.min(RECHECK_MS, untilOpen + 500)));
+  }
+
+  /** Check again now (the waiting room's button and its countdown reaching zero). */
+  recheck() {
+    if (this.phase === "waiting" || this.phase === "error") void this.begin();
+  }
+
+  async _connect(isReconnect) {
+    const generation = ++this._generation;
+    this._setPhase(isReconnect ? "reconnecting" : "connecting");
+    const signaling = new SignalingClient({ url: this.signalingUrl, token: this.token });
+    this.signaling = signaling;
+    this._wireSignaling(signaling, generation);
+    const identity = await signaling.connect();
+    if (generation !== this._generation) throw new AppError("CANCELLED", "superseded");
+    this.local.socketId = identity.socketId ?? null;
+    this.local.userId = identity.userId ?? this.local.userId;
+    this.local.role = identity.role ?? this.local.role;
+    this._resolveLocalName();
+
+    const joined = await signaling.request("join-room", { roomId: this.room.roomId }, { expect: "room-joined" });
+    if (generation !== this._generation) throw new AppError("CANCELLED", "superseded");
+    this.maxParticipants = joined.maxParticipants ?? null;
+    this.participants = new Map();
+    for (const p of joined.participants ?? []) this._addParticipant(p);
+    this._emitParticipants();
+
+    const rtcConfig = rtcConfiguration(this.iceServers, { relayOnly: this.relayOnly });
+    const publisher = new PublisherConnection({ rtcConfig, signaling });
+    this.publisher = publisher;
+    publisher.on("state", (state) => this._onIceState("publisher", state, generation));
+    const connected = waitConnected(publisher, PUBLISHER_CONNECT_TIMEOUT_MS);
+    connected.catch(() => {});
+    await publisher.start({
+      audio: this.media.audioTrack,
+      video: this.media.outgoingVideoTrack(),
+      stream: new MediaStream([this.media.audioTrack, this.media.cameraTrack].filter(Boolean)),
+    });
+    signaling.send("media-state", this.media.state());
+    await connected;
+    if (generation !== this._generation) throw new AppError("CANCELLED", "superseded");
+
+    this.connectedAt = new Date();
+    if (!this.startedAt) this.startedAt = this.connectedAt;
+    if (isReconnect) this.reconnects += 1;
+    this._setPhase("connected");
+    this._announce(isReconnect ? "Reconnected." : "You are in the call.");
+    this.quality.start();
+    this._maybeStartCall();
+  }
+
+  _wireSignaling(signaling, generation) {
+    const current = () => generation === this._generation && this.signaling === signaling;
+    signaling.on("user-joined", (p) => {
+      if (!current()) return;
+      this._addParticipant(p);
+      this._emitParticipants();
+      this._announce(`${displayName(this.participants.get(p.socketId))} joined the call.`);
+      this._maybeStartCall();
+    });
+    signaling.on("user-left", ({ socketId, reason }) => {
+      if (!current()) return;
+      const p = this.participants.get(socketId);
+      if (!p) return;
+      this.participants.delete(socketId);
+      this._emitParticipants();
+      if (reason !== "replaced") {
+        const why = reason === "left" ? "left the call" : "lost their connection";
+        this._announce(`${displayName(p)} ${why}.`);
+        this.emit("notice", { kind: "left", text: `${displayName(p)} ${why}.` });
+      }
+    });
+    signaling.on("media-state", (m) => {
+      if (!current()) return;
+      const p = this.participants.get(m.socketId);
+      if (!p) return;
+      const before = p.media;
+      p.media = { audio: Boolean(m.audio), video: Boolean(m.video), screen: Boolean(m.screen) };
+      this._emitParticipants();
+      if (before.screen !== p.media.screen) {
+        this._announce(`${displayName(p)} ${p.media.screen ? "started" : "stopped"} sharing their screen.`);
+      } else if (before.audio !== p.media.audio) {
+        this._announce(`${displayName(p)} ${p.media.audio ? "unmuted" : "muted"} their microphone.`);
+      } else if (before.video !== p.media.video) {
+        this._announce(`${displayName(p)} turned their camera ${p.media.video ? "on" : "off"}.`);
+      }
+    });
+    signaling.on("offer", ({ offer, target, tracks }) => {
+      if (!current() || target !== "subscriber") return;
+      this._ensureSubscriber(signaling, generation).handleOffer(offer, tracks);
+    });
+    signaling.on("answer", ({ answer, target }) => {
+      if (current() && target === "publisher") void this.publisher?.handleAnswer(answer);
+    });
+    signaling.on("ice-candidate", ({ candidate, target }) => {
+      if (!current()) return;
+      const conn = target === "publisher" ? this.publisher : this.subscriber;
+      void conn?.addRemoteCandidate(candidate);
+    });
+    signaling.on("tracks", ({ tracks }) => {
+      if (current() && Array.isArray(tracks)) this._ensureSubscriber(signaling, generation).setTrackMap(tracks);
+    });
+    signaling.on("error", (err) => {
+      if (!current()) return;
+      this.lastErrorCode = err.code ?? "INTERNAL_ERROR";
+      if (err.code === "REPLACED") {
+        this._fail(new AppError("REPLACED", err.message));
+        return;
+      }
+      // Errors answering a request are handled by whoever awaits it; others are shown briefly.
+      if (this.phase === "connected") this.emit("notice", { kind: "error", code: err.code, text: err.message });
+    });
+    signaling.on("close", ({ code, lastError }) => {
+      if (!current()) return;
+      if (lastError?.code === "REPLACED" || code === 4409) {
+        this._fail(new AppError("REPLACED", "replaced by another connection"));
+        return;
+      }
+      void this._reconnect(`signaling closed (${code})`);
+    });
+  }
+
+  _ensureSubscriber(signaling, generation) {
+    if (this.subscriber && !this.subscriber.closed) return this.subscriber;
+    const subscriber = new SubscriberConnection({
+      rtcConfig: rtcConfiguration(this.iceServers, { relayOnly: this.relayOnly }),
+      signaling,
+    });
+    this.subscriber = subscriber;
+    subscriber.on("state", (state) => this._onIceState("subscriber", state, generation));
+    subscriber.on("tracks", (groups) => {
+      if (generation !== this._generation) return;
+      for (const p of this.participants.values()) p.tracks = groups.get(p.socketId) ?? { audio: null, video: null };
+      this._emitParticipants();
+    });
+    subscriber.on("negotiation-error", (err) => {
+      this.lastErrorCode = err.code;
+      this.emit("notice", { kind: "error", code: err.code, text: err.message });
+    });
+    return subscriber;
+  }
+
+  _onIceState(which, state, generation) {
+    if (generation !== this._generation) return;
+    this.emit("ice", { which, state });
+    clearTimeout(this._disconnectTimers.get(which));
+    if (state === "failed") {
+      void this._reconnect(`${which} ICE failed`);
+    } else if (state === "disconnected" && this.phase === "connected") {
+      // ICE often recovers from "disconnected" by itself; give it a moment first.
+      this._disconnectTimers.set(
+        which,
+        setTimeout(() => {
+          const conn = which === "publisher" ? this.publisher : this.subscriber;
+          if (generation === this._generation && conn?.state === "disconnected") {
+            void this._reconnect(`${which} ICE disconnected`);
+          }
+        }, ICE_DISCONNECTED_GRACE_MS),
+      );
+    }
+  }
+
+  async _reconnect(why) {
+    // Only a call that was up reconnects; the first attempt's own error handling decides otherwise.
+    if (this._reconnecting || this.phase !== "connected") return;
+    console.info(`[smiling] reconnecting: ${why}`);
+    this._log.push({ at: Date.now(), event: "reconnect", why });
+    this._announce("Connection lost. Reconnecting…");
+    await this._reconnectLoop();
+  }
+
+  async _reconnectLoop() {
+    this._reconnecting = true;
+    this._teardownConnections();
+    this._setPhase("reconnecting");
+    const deadline = Date.now() + RECONNECT_GIVE_UP_MS;
+    try {
+      for (let attempt = 0; ; attempt += 1) {
+        await this._waitBeforeRetry(RECONNECT_BACKOFF_MS[Math.min(attempt, RECONNECT_BACKOFF_MS.length - 1)]);
+        if (!CONNECTION_PHASES.has(this.phase)) return; // ended meanwhile
+        try {
+          await this._connect(true);
+          return;
+        } catch (err) {
+          const code = err?.code ?? "INTERNAL_ERROR";
+          this.lastErrorCode = code;
+          this._teardownConnections();
+          if (!CONNECTION_PHASES.has(this.phase)) return;
+          if (FATAL_CODES.has(code) || code === "ROOM_FULL") {
+            this._fail(err);
+            return;
+          }
+          if (Date.now() > deadline) {
+            this.lastErrorCode = "CONNECTION_FAILED";
+            this._setPhase("failed");
+            this._announce("We couldn't reconnect you to the call.");
+            return;
+          }
+          this._setPhase("reconnecting");
+        }
+      }
+    } finally {
+      this._reconnecting = false;
+    }
+  }
+
+  /** Back-off that ends early when the browser comes back online. */
+  _waitBeforeRetry(ms) {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        window.removeEventListener("online", done);
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      window.addEventListener("online", done);
+    });
+  }
+
+  /** "Try again" after reconnecting gave up. */
+  retryConnection() {
+    if (this.phase === "failed" && !this._reconnecting) void this._reconnectLoop();
+  }
+
+  _maybeStartCall() {
+    if (this._startRequested || this.phase !== "connected" || this.participants.size === 0) return;
+    this._startRequested = true;
+    this.api.start(this.sessionId).then(
+      (result) => {
+        const serverStart = parseDate(result?.session?.videoCallStarted);
+        // Align the timer with the server's start time, so both sides show the same duration.
+        const started = serverStart && new Date(serverStart.getTime() + this.clockSkewMs);
+        if (started && started.getTime() <= Date.now() + 5000) {
+          this.startedAt = started;
+          this.emit("timer", this.startedAt);
+        }
+      },
+      (err) => {
+        console.warn("[smiling] start call:", err);
+      },
+    );
+  }
+
+  // ---------------------------------------------------------------- controls
+
+  toggleAudio() {
+    this.media.setAudioEnabled(!this.media.audioEnabled);
+  }
+
+  async toggleVideo() {
+    try {
+      await this.media.setVideoEnabled(!this.media.videoEnabled);
+    } catch (err) {
+      this.lastErrorCode = err.code;
+      this.emit("notice", { kind: "error", code: err.code });
+    }
+  }
+
+  async toggleScreenShare() {
+    try {
+      if (this.media.sharing) await this.media.stopScreenShare();
+      else await this.media.startScreenShare();
+    } catch (err) {
+      this.lastErrorCode = err.code ?? "SCREEN_SHARE_FAILED";
+      this.emit("notice", { kind: "error", code: this.lastErrorCode });
+    }
+  }
+
+  _onLocalMediaChange() {
+    if (this.signaling?.isOpen && this.phase === "connected") this.signaling.send("media-state", this.media.state());
+    this.emit("media", this.media.state());
+  }
+
+  /** End the call: leave the room, release the devices, POST end, show the summary. */
+  async end() {
+    if (this.phase === "ending" || this.phase === "ended") return;
+    const endedAt = new Date();
+    const startedAt = this.startedAt;
+    const wasInCall = CONNECTION_PHASES.has(this.phase);
+    clearTimeout(this._recheckTimer);
+    this._setPhase("ending");
+    const signaling = this.signaling;
+    if (signaling?.isOpen && this.room) {
+      await signaling
+        .request("leave-room", { roomId: this.room.roomId }, { expect: "room-left", timeoutMs: 1500 })
+        .catch(() => {});
+    }
+    this._teardownConnections();
+    this.media.stop();
+    this.participants.clear();
+    let result = null;
+    let error = null;
+    if (wasInCall) {
+      try {
+        try {
+          result = await this.api.end(this.sessionId, new Date(endedAt.getTime() - this.clockSkewMs));
+        } catch (err) {
+          // The clocks disagree more than we measured: let the server use its own time.
+          if (err.code !== "INVALID_END_TIME") throw err;
+          result = await this.api.end(this.sessionId, null);
+        }
+      } catch (err) {
+        error = err;
+        this.lastErrorCode = err.code;
+      }
+    }
+    this.summary = {
+      seconds: startedAt ? Math.max(0, Math.round((endedAt - startedAt) / 1000)) : 0,
+      minutes: result?.duration ?? result?.session?.callDuration ?? null,
+      status: result?.session?.status ?? null,
+      endedAt,
+      error,
+    };
+    this._setPhase("ended");
+    this._announce("The call has ended.");
+  }
+
+  /** Leave quietly when the page goes away (a reload rejoins; it does not end the session). */
+  leaveOnUnload() {
+    if (this.signaling?.isOpen && this.room) this.signaling.send("leave-room", { roomId: this.room.roomId });
+    this._teardownConnections();
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  _teardownConnections() {
+    this._generation += 1;
+    for (const timer of this._disconnectTimers.values()) clearTimeout(timer);
+    this._disconnectTimers.clear();
+    this.quality.stop();
+    this.publisher?.close();
+    this.subscriber?.close();
+    this.signaling?.close();
+    this.publisher = this.subscriber = this.signaling = null;
+  }
+
+  _fail(err) {
+    if (err?.code === "CANCELLED") return;
+    const error = err instanceof AppError ? err : new AppError("INTERNAL_ERROR", String(err?.message ?? err), { cause: err });
+    console.warn("[smiling] call error:", error.code, error.message);
+    this.error = error;
+    this.lastErrorCode = error.code;
+    this._teardownConnections();
+    // Keep the devices for a retry after a network problem; release them when nothing can follow.
+    if (FATAL_CODES.has(error.code) || error.code === "ROOM_FULL") this.media.stop();
+    this._setPhase("error");
+  }
+
+  _addParticipant(p) {
+    if (!p?.socketId || p.socketId === this.local.socketId) return;
+    this.participants.set(p.socketId, {
+      socketId: p.socketId,
+      userId: p.userId,
+      userName: p.userName || this._nameFor(p.userId, p.userRole),
+      userRole: p.userRole,
+      joinedAt: p.joinedAt,
+      media: { audio: p.media?.audio ?? true, video: p.media?.video ?? true, screen: p.media?.screen ?? false },
+      tracks: this.subscriber?.groups().get(p.socketId) ?? { audio: null, video: null },
+    });
+  }
+
+  _nameFor(userId, role) {
+    const people = this.room?.participants ?? {};
+    for (const person of Object.values(people)) {
+      if (person && person.id === userId && person.name) return person.name;
+    }
+    return ROLE_LABELS[role] ?? "Participant";
+  }
+
+  _resolveLocalName() {
+    const name = this._nameFor(this.local.userId, this.local.role);
+    this.local.name = name && name !== ROLE_LABELS[this.local.role] ? name : "You";
+  }
+
+  /** The person on the other side, for the page title ("Session with Dr. Smith"). */
+  counterpartName() {
+    const people = this.room?.participants ?? {};
+    if (this.local.role === "client") return people.psychologist?.name ?? null;
+    if (this.local.role === "psychologist") return people.client?.name ?? null;
+    const names = [people.client?.name, people.psychologist?.name].filter(Boolean);
+    return names.length ? names.join(" & ") : null;
+  }
+
+  _emitParticipants() {
+    this.emit("participants", [...this.participants.values()]);
+  }
+
+  _announce(text) {
+    this.emit("announce", text);
+  }
+
+  _setPhase(phase) {
+    if (this.phase === phase) return;
+    this.phase = phase;
+    this._log.push({ at: Date.now(), event: "phase", phase });
+    if (this._log.length > 200) this._log.splice(0, this._log.length - 200);
+    this.emit("phase", phase);
+  }
+
+  get log() {
+    return [...this._log];
+  }
+}
+
+function parseDate(value) {
+  if (!value) return null;
+  const d = new Date(value);
+  return Number.isNaN(d.getTime()) ? null : d;
+}
+
+export function displayName(p) {
+  return p?.userName || ROLE_LABELS[p?.userRole] || "Participant";
+}
+
+function waitConnected(connection, timeoutMs) {
+  return new Promise((resolve, reject) => {
+    if (connection.state === "connected") {
+      resolve();
+      return;
+    }
+    const timer = setTimeout(() => {
+      off();
+      reject(new AppError("CONNECTION_TIMEOUT", "media connection to the relay did not come up"));
+    }, timeoutMs);
+    const off = connection.on("state", (state) => {
+      if (state === "connected") {
+        clearTimeout(timer);
+        off();
+        resolve();
+      } else if (state === "failed" || state === "closed") {
+        clearTimeout(timer);
+        off();
+        reject(new AppError("CONNECTION_FAILED", `publisher connection ${state}`));
+      }
+    });
+  });
+}
+
+export { delay };

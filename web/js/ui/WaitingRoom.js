@@ -1,0 +1,68 @@
+// WaitingRoom: shown when it is too early to join. Counts down to the moment joining opens (15
+// minutes before the session) and re-checks with the server by itself.
+
+import { clear, durationInWords, formatDuration, h, icon } from "./dom.js";
+
+const TIME = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+const DATE = new Intl.DateTimeFormat(undefined, { weekday: "long", day: "numeric", month: "long" });
+
+export class WaitingRoom {
+  constructor(root, { onCheckNow }) {
+    this.root = root;
+    this.onCheckNow = onCheckNow;
+    this._interval = null;
+  }
+
+  show({ opensAt, startsAt }, counterpart) {
+    this.opensAt = opensAt;
+    clear(this.root);
+    this.countdown = h("span", { class: "countdown", id: "waiting-countdown" });
+    this.countdownWords = h("span", { class: "sr-only" });
+    const sameDay = startsAt && startsAt.toDateString() === new Date().toDateString();
+    const when = startsAt ? `${sameDay ? "today" : DATE.format(startsAt)} at ${TIME.format(startsAt)}` : null;
+    const heading = h("h1", { tabindex: "-1", id: "waiting-title", text: "Your session hasn't started yet" });
+    this.root.append(
+      h(
+        "div",
+        { class: "card waiting-card", id: "waiting-room" },
+        h("div", { class: "card-icon" }, icon("clock", { size: 32 })),
+        heading,
+        h(
+          "p",
+          {},
+          when
+            ? `Your session${counterpart ? ` with ${counterpart}` : ""} starts ${when}. You can join up to 15 minutes before it starts.`
+            : "You can join up to 15 minutes before the session starts.",
+        ),
+        h(
+          "p",
+          { class: "countdown-row", role: "timer", "aria-live": "off" },
+          h("span", { class: "muted", text: "Joining opens in " }),
+          this.countdown,
+          this.countdownWords,
+        ),
+        h("p", { class: "muted", text: "This page checks again by itself and lets you in as soon as the call opens. You can leave it open." }),
+        h("div", { class: "actions" }, h("button", { type: "button", class: "button", id: "check-now", text: "Check again now", onclick: () => this.onCheckNow() })),
+      ),
+    );
+    this._tick();
+    clearInterval(this._interval);
+    this._interval = setInterval(() => this._tick(), 1000);
+    heading.focus();
+  }
+
+  _tick() {
+    if (!this.opensAt) {
+      this.countdown.textContent = "a few minutes";
+      return;
+    }
+    const seconds = Math.max(0, (this.opensAt.getTime() - Date.now()) / 1000);
+    this.countdown.textContent = formatDuration(seconds);
+    this.countdownWords.textContent = ` (${durationInWords(seconds)})`;
+  }
+
+  hide() {
+    clearInterval(this._interval);
+    this._interval = null;
+  }
+}
