@@ -245,6 +245,7 @@ async def start_call(request: web.Request) -> web.Response:
             now=ctx.now,
             action="join_denied",
         )
+    already_started: bool
     if session.video_call_started is None:
         if not ctx.decision.can_join:
             raise await _deny(
@@ -256,14 +257,14 @@ async def start_call(request: web.Request) -> web.Response:
                 now=ctx.now,
                 action="join_denied",
             )
-        stored = await _storage(request).mark_started(session.id, ctx.now)
-        if stored is None:
+        result = await _storage(request).mark_started(session.id, ctx.now)
+        if result is None:
             raise ApiError(404, SESSION_NOT_FOUND, "Session not found", {"sessionId": session.id})
-        session = stored
-    # First start wins: a later or concurrent start sees the stored time, not its own.
-    already_started = ctx.session.video_call_started is not None or (
-        session.video_call_started is not None and iso(session.video_call_started) != iso(ctx.now)
-    )
+        session = result.session
+        # First start wins: a concurrent start sees the stored time, not its own.
+        already_started = not result.applied
+    else:
+        already_started = True
     ctx = SessionAccess(ctx.identity, session, ctx.decision, ctx.now)
     await _audit_allowed(request, ctx, "call_start", metadata={"alreadyStarted": already_started})
     return ok(
@@ -322,12 +323,12 @@ async def end_call(request: web.Request) -> web.Response:
     if not already_ended:
         ended_at = _end_time(body, started, ctx.now)
         duration = call_duration_minutes(started, ended_at)
-        stored = await _storage(request).mark_ended(session.id, ended_at, duration)
-        if stored is None:
+        result = await _storage(request).mark_ended(session.id, ended_at, duration)
+        if result is None:
             raise ApiError(404, SESSION_NOT_FOUND, "Session not found", {"sessionId": session.id})
         # Someone else may have ended it between our read and our write: theirs stands.
-        already_ended = iso(stored.video_call_ended) != iso(ended_at)
-        session = stored
+        already_ended = not result.applied
+        session = result.session
     ctx = SessionAccess(ctx.identity, session, ctx.decision, ctx.now)
     await _audit_allowed(
         request,

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import generate_latest
 
 from metrics.keys import METRICS_KEY
 
@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UNMATCHED_ROUTE = "unmatched"
+# The classic text format: every Prometheus 2.x parses it (our names are all legacy-valid, so
+# prometheus-client's output is the same under 0.0.4 and 1.0.0).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 MAX_ERROR_BODY = 64 * 1024
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention for a request the client abandoned
 
@@ -112,7 +115,7 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
             raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
     # Collected on the event loop on purpose: the relay's counters are only ever touched there.
     body = generate_latest(metrics.registry)
-    response = web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    response = web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         response.enable_compression(web.ContentCoding.gzip)
     return response

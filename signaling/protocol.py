@@ -45,7 +45,7 @@ def parse_message(text: str) -> Message:
         raise ProtocolError("INVALID_MESSAGE", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
     try:
         raw = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ProtocolError("INVALID_MESSAGE", f"not valid JSON: {exc.msg}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("event"), str):
         raise ProtocolError("INVALID_MESSAGE", 'expected {"event": string, "data": object}')

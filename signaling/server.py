@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -15,7 +16,8 @@ from smiling_relay.config import Config
 
 HEARTBEAT_SECONDS = 10.0  # a silent client is dropped after about this long without a pong
 
-CONNECTIONS_KEY: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("signaling_connections")
+# open sockets, closed with "going away" at shutdown
+CONNECTIONS_KEY: web.AppKey[set[Any]] = web.AppKey("signaling_connections")
 
 
 def setup_signaling(app: web.Application) -> None:

@@ -139,6 +139,14 @@ class AuditEntry:
 
 
 @dataclass(frozen=True)
+class Transition:
+    """The session after a guarded state change, and whether this call made the change."""
+
+    session: SessionRecord
+    applied: bool
+
+
+@dataclass(frozen=True)
 class HistoryPage:
     sessions: list[SessionRecord]
     total: int
@@ -203,19 +211,19 @@ class Storage(Protocol):
         None if the session does not exist.
         """
 
-    async def mark_started(self, session_id: str, started_at: datetime) -> SessionRecord | None:
+    async def mark_started(self, session_id: str, started_at: datetime) -> Transition | None:
         """First start wins: set `videoCallStarted` and status `In Progress` if not started yet.
 
-        Returns the session as stored afterwards (compare `video_call_started` to know whether
-        this call won). None if the session does not exist.
+        Returns the session as stored afterwards and whether this call started it.
+        None if the session does not exist.
         """
 
     async def mark_ended(
         self, session_id: str, ended_at: datetime, duration_minutes: int
-    ) -> SessionRecord | None:
+    ) -> Transition | None:
         """First end wins: set `videoCallEnded`, `callDuration` and status `Completed`.
 
-        Only applies to a started, not yet ended call; otherwise returns the session unchanged.
+        Only applies to a started, not yet ended call (`applied` False otherwise).
         None if the session does not exist.
         """
 

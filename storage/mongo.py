@@ -24,6 +24,7 @@ from storage.base import (
     HistoryPage,
     SessionRecord,
     StorageError,
+    Transition,
     UserRecord,
     is_object_id,
     to_utc_ms,
@@ -190,7 +191,7 @@ class MongoStorage:
 
     async def _guarded_update(
         self, session_id: str, condition: Mapping[str, Any], update: Mapping[str, Any]
-    ) -> SessionRecord | None:
+    ) -> Transition | None:
         """Apply `update` atomically if `condition` holds; return the session as stored."""
         if not is_object_id(session_id):
             return None
@@ -201,16 +202,23 @@ class MongoStorage:
                 {"$set": {**update, "updatedAt": self._now()}},
                 return_document=ReturnDocument.AFTER,
             )
+            applied = doc is not None
             if doc is None:
                 doc = await self.sessions.find_one({"_id": oid})
-        return _session(doc) if doc else None
+        return Transition(_session(doc), applied) if doc else None
+
+    async def _session_after(
+        self, session_id: str, condition: Mapping[str, Any], update: Mapping[str, Any]
+    ) -> SessionRecord | None:
+        result = await self._guarded_update(session_id, condition, update)
+        return result.session if result else None
 
     async def set_meeting_link(self, session_id: str, room_id: str) -> SessionRecord | None:
-        return await self._guarded_update(
+        return await self._session_after(
             session_id, {"meetingLink": {"$in": [None, ""]}}, {"meetingLink": room_id}
         )
 
-    async def mark_started(self, session_id: str, started_at: datetime) -> SessionRecord | None:
+    async def mark_started(self, session_id: str, started_at: datetime) -> Transition | None:
         return await self._guarded_update(
             session_id,
             {"videoCallStarted": None},
@@ -219,7 +227,7 @@ class MongoStorage:
 
     async def mark_ended(
         self, session_id: str, ended_at: datetime, duration_minutes: int
-    ) -> SessionRecord | None:
+    ) -> Transition | None:
         return await self._guarded_update(
             session_id,
             {"videoCallStarted": {"$ne": None}, "videoCallEnded": None},
@@ -245,7 +253,7 @@ class MongoStorage:
             update["paymentStatus"] = payment_status
         if session_date is not None:
             update["sessionDate"] = to_utc_ms(session_date)
-        return await self._guarded_update(session_id, {}, update)
+        return await self._session_after(session_id, {}, update)
 
     async def list_history(
         self, user_id: str, role: str, *, page: int = 1, limit: int = 10

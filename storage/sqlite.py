@@ -24,6 +24,7 @@ from storage.base import (
     HistoryPage,
     SessionRecord,
     StorageError,
+    Transition,
     UserRecord,
     format_datetime,
     is_object_id,
@@ -293,27 +294,33 @@ class SQLiteStorage:
 
     async def _update_then_read(
         self, session_id: str, sql: str, params: Sequence[Any]
-    ) -> SessionRecord | None:
+    ) -> Transition | None:
         """Run one conditional UPDATE, then return the row as stored (None if absent)."""
         if not is_object_id(session_id):
             return None
 
-        def _do(conn: sqlite3.Connection) -> sqlite3.Row | None:
-            conn.execute(sql, params)
-            return _select_session(conn, session_id)
+        def _do(conn: sqlite3.Connection) -> tuple[sqlite3.Row | None, bool]:
+            applied = conn.execute(sql, params).rowcount > 0
+            return _select_session(conn, session_id), applied
 
-        row = await self._run(_do)
-        return _session(row) if row else None
+        row, applied = await self._run(_do)
+        return Transition(_session(row), applied) if row else None
+
+    async def _session_after(
+        self, session_id: str, sql: str, params: Sequence[Any]
+    ) -> SessionRecord | None:
+        result = await self._update_then_read(session_id, sql, params)
+        return result.session if result else None
 
     async def set_meeting_link(self, session_id: str, room_id: str) -> SessionRecord | None:
-        return await self._update_then_read(
+        return await self._session_after(
             session_id,
             "UPDATE sessions SET meeting_link = ?, updated_at = ? "
             "WHERE id = ? AND (meeting_link IS NULL OR meeting_link = '')",
             (room_id, self._now(), session_id),
         )
 
-    async def mark_started(self, session_id: str, started_at: datetime) -> SessionRecord | None:
+    async def mark_started(self, session_id: str, started_at: datetime) -> Transition | None:
         return await self._update_then_read(
             session_id,
             "UPDATE sessions SET video_call_started = ?, status = 'In Progress', updated_at = ? "
@@ -323,7 +330,7 @@ class SQLiteStorage:
 
     async def mark_ended(
         self, session_id: str, ended_at: datetime, duration_minutes: int
-    ) -> SessionRecord | None:
+    ) -> Transition | None:
         return await self._update_then_read(
             session_id,
             "UPDATE sessions SET video_call_ended = ?, call_duration = ?, status = 'Completed',"
@@ -352,7 +359,7 @@ class SQLiteStorage:
                 params.append(value)
         sets.append("updated_at = ?")
         params.extend([self._now(), session_id])
-        return await self._update_then_read(
+        return await self._session_after(
             session_id, f"UPDATE sessions SET {', '.join(sets)} WHERE id = ?", params
         )
 

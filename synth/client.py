@@ -69,6 +69,7 @@ class CallClient:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._blackholes: list[MediaBlackhole] = []
+        self._background: set[asyncio.Future[None]] = set()
         self.closed_code: int | None = None
 
     # -- connection ---------------------------------------------------------------------------
@@ -210,7 +211,7 @@ class CallClient:
             hole = MediaBlackhole()
             hole.addTrack(track)
             self._blackholes.append(hole)
-            asyncio.ensure_future(hole.start())
+            self._background.add(asyncio.ensure_future(hole.start()))
             return
         probe: VideoProbe | AudioProbe = VideoProbe() if track.kind == "video" else AudioProbe()
         probe.start(track)
@@ -263,16 +264,18 @@ class CallClient:
             raise TimeoutError(f"no {events} within {timeout} s; got {seen}") from None
 
     async def wait_until(
-        self, condition: Callable[[], bool], what: str, timeout: float = 10.0
-    ) -> None:  # noqa: ASYNC109
-        async def poll() -> None:
-            while not condition():
-                await asyncio.sleep(0.05)
-
-        try:
-            await asyncio.wait_for(poll(), timeout)
-        except TimeoutError:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}") from None
+        self,
+        condition: Callable[[], bool],
+        what: str,
+        timeout: float = 10.0,  # noqa: ASYNC109
+        interval: float = 0.05,
+    ) -> None:
+        """Poll `condition` (state outside this client: probes, the relay) until it holds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+            await asyncio.sleep(interval)
 
     # -- what was received --------------------------------------------------------------------
 

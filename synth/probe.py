@@ -393,6 +393,11 @@ class AudioProbe(_ProbeBase):
     def tone_amplitude(self) -> float:
         return self.detector.tone_amplitude
 
+    @property
+    def heard_source_slot(self) -> int | None:
+        """``source_id % 40`` of the loudest source tone (useful with ``source_id=None``)."""
+        return self.detector.heard_source_slot
+
     def latency_stats(self) -> dict[str, float | None]:
         values = self.mark_latencies_ms
         return {

@@ -199,7 +199,8 @@ class MarkDetector:
     Feed it with :meth:`feed` (an :class:`av.AudioFrame` and its arrival
     wall-clock time in seconds) or :meth:`feed_samples`. Results:
     :attr:`marks`, :attr:`latencies_ms`, :attr:`tone_present`,
-    :attr:`tone_amplitude`. Cost: ~40 us per 20 ms frame.
+    :attr:`tone_amplitude` (of the expected tone, or of the strongest source tone
+    when no source is given), :attr:`heard_source_slot`. Cost: ~20-30 us per 20 ms frame.
     """
 
     def __init__(
@@ -241,14 +242,19 @@ class MarkDetector:
         # envelope demodulation for onset refinement: moving average over ~3 cycles
         self._env_len = max(8, round(3 * sample_rate / mark_hz))
         self._tone_window = sample_rate // 10  # 100 ms -> 10 Hz bins
-        if self.tone_hz is not None:
-            m = np.arange(self._tone_window)
-            wt = 2 * np.pi * self.tone_hz / sample_rate
-            self._tn_cos: F64 | None = np.cos(wt * m)
-            self._tn_sin: F64 | None = np.sin(wt * m)
-        else:
-            self._tn_cos = None
-            self._tn_sin = None
+        # tone analysis: one row per candidate frequency (the expected one, or all 40
+        # source frequencies when no source is given), 100 ms rectangular window
+        freqs = (
+            [self.tone_hz]
+            if self.tone_hz is not None
+            else [tone_hz_for_source(i) for i in range(40)]
+        )
+        self._tone_freqs = freqs
+        m = np.arange(self._tone_window)
+        wt = 2 * np.pi * np.array(freqs, dtype=np.float64)[:, None] / sample_rate
+        self._tn_cos = np.cos(wt * m)
+        self._tn_sin = np.sin(wt * m)
+        self.heard_tone_hz: int | None = None
         self._buf = np.zeros(0)  # recent samples: 2 consumed blocks + unconsumed tail
         self._buf_t = np.zeros(0)  # arrival time of each sample in _buf
         self._next_block = 0  # index in _buf of the next unprocessed block
@@ -351,8 +357,6 @@ class MarkDetector:
         )
 
     def _feed_tone(self, x: F64) -> None:
-        if self._tn_cos is None or self._tn_sin is None:
-            return
         self._tone_buf.append(x)
         self._tone_buf_len += len(x)
         while self._tone_buf_len >= self._tone_window:
@@ -361,8 +365,12 @@ class MarkDetector:
             rest = allx[self._tone_window :]
             self._tone_buf = [rest] if len(rest) else []
             self._tone_buf_len = len(rest)
-            self.tone_amplitude = _goertzel_amp(win, self._tn_cos, self._tn_sin)
-            self._tone_history.append(self.tone_amplitude >= self.min_tone_amplitude)
+            amps = 2.0 * np.hypot(self._tn_cos @ win, self._tn_sin @ win) / len(win)
+            best = int(np.argmax(amps))
+            self.tone_amplitude = float(amps[best])
+            present = self.tone_amplitude >= self.min_tone_amplitude
+            self._tone_history.append(present)
+            self.heard_tone_hz = self._tone_freqs[best] if present else None
 
     # -- results -----------------------------------------------------------
     @property
@@ -371,5 +379,15 @@ class MarkDetector:
 
     @property
     def tone_present(self) -> bool:
-        """True if the source tone was found in at least 2 of the last 3 100-ms windows."""
+        """The source tone was found in at least 2 of the last 3 100-ms windows.
+
+        With ``source_id``/``tone_hz`` given: that tone; otherwise any source tone.
+        """
         return sum(self._tone_history) >= 2
+
+    @property
+    def heard_source_slot(self) -> int | None:
+        """``source_id % 40`` of the strongest source tone in the last window, or None."""
+        if self.heard_tone_hz is None:
+            return None
+        return (self.heard_tone_hz - 300) // 20

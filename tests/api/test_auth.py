@@ -46,7 +46,7 @@ def test_sub_payload_and_id_normalised() -> None:
 
 def test_mint_roundtrip_both_shapes() -> None:
     for shape in ("platform", "sub"):
-        token = mint_token(USER, "client", TEST_JWT_SECRET, now=NOW, shape=shape)  # type: ignore[arg-type]
+        token = mint_token(USER, "client", TEST_JWT_SECRET, now=NOW, shape=shape)
         assert decode_token(token, TEST_JWT_SECRET, now=NOW) == Identity(USER, "client")
     with pytest.raises(ValueError, match="ObjectId"):
         mint_token("123", "client", TEST_JWT_SECRET)

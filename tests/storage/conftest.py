@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,7 @@ async def any_storage(
             pytest.skip("MONGODB_URI is not set: no real MongoDB to test against")
         from motor.motor_asyncio import AsyncIOMotorClient
 
-        client = AsyncIOMotorClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
+        client: Any = AsyncIOMotorClient(uri, tz_aware=True, serverSelectionTimeoutMS=5000)
         name = f"smiling_relay_test_{uuid.uuid4().hex[:12]}"
         real = MongoStorage(client[name], clock=clock)
         try:

@@ -111,11 +111,13 @@ async def test_mark_started_first_wins(any_storage: Storage, clock: FakeClock) -
     t1 = clock()
     started = await any_storage.mark_started(session.id, t1)
     assert started is not None
-    assert started.video_call_started == t1
-    assert started.status == "In Progress"
+    assert started.applied is True
+    assert started.session.video_call_started == t1
+    assert started.session.status == "In Progress"
     again = await any_storage.mark_started(session.id, t1 + timedelta(minutes=3))
     assert again is not None
-    assert again.video_call_started == t1
+    assert again.applied is False
+    assert again.session.video_call_started == t1
     assert await any_storage.mark_started("0" * 24, t1) is None
 
 
@@ -123,7 +125,8 @@ async def test_concurrent_starts_agree(any_storage: Storage, clock: FakeClock) -
     session = await _session(any_storage, clock())
     times = [clock() + timedelta(seconds=i) for i in range(6)]
     results = await asyncio.gather(*(any_storage.mark_started(session.id, t) for t in times))
-    assert len({r.video_call_started for r in results if r is not None}) == 1
+    assert len({r.session.video_call_started for r in results if r is not None}) == 1
+    assert sum(r.applied for r in results if r is not None) == 1
 
 
 async def test_mark_ended(any_storage: Storage, clock: FakeClock) -> None:
@@ -131,15 +134,20 @@ async def test_mark_ended(any_storage: Storage, clock: FakeClock) -> None:
     end = clock() + timedelta(minutes=45)
     not_started = await any_storage.mark_ended(session.id, end, 45)
     assert not_started is not None
-    assert not_started.video_call_ended is None  # never started: untouched
-    assert not_started.status == "Confirmed"
+    assert not_started.applied is False
+    assert not_started.session.video_call_ended is None  # never started: untouched
+    assert not_started.session.status == "Confirmed"
     await any_storage.mark_started(session.id, clock())
     ended = await any_storage.mark_ended(session.id, end, 45)
     assert ended is not None
-    assert (ended.video_call_ended, ended.call_duration, ended.status) == (end, 45, "Completed")
+    assert ended.applied is True
+    record = ended.session
+    assert (record.video_call_ended, record.call_duration, record.status) == (end, 45, "Completed")
     later = await any_storage.mark_ended(session.id, end + timedelta(minutes=5), 50)
     assert later is not None
-    assert (later.video_call_ended, later.call_duration) == (end, 45)
+    assert later.applied is False
+    assert (later.session.video_call_ended, later.session.call_duration) == (end, 45)
+    assert await any_storage.mark_ended("0" * 24, end, 1) is None
 
 
 async def test_update_session(any_storage: Storage, clock: FakeClock) -> None:

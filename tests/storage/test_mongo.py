@@ -19,7 +19,7 @@ from tests.helpers import TEST_JWT_SECRET, FakeClock
 
 @pytest.fixture
 async def mongo(clock: FakeClock) -> Any:
-    db = AsyncMongoMockClient()["smiling-steps"]
+    db: Any = AsyncMongoMockClient()["smiling-steps"]
     store = MongoStorage(db, clock=clock)
     await store.initialize()
     return store, db

@@ -170,3 +170,14 @@ def test_stream_starting_inside_a_mark_is_not_an_onset() -> None:
     # only the marks at +0.5 s and +1.0 s, both with ~0 latency
     assert len(det.marks) == 2
     assert all(v == pytest.approx(0, abs=2) for v in det.latencies_ms)
+
+
+def test_any_source_tone_when_no_source_given() -> None:
+    gen = ToneGenerator(47)  # slot 7
+    first = gen.sample_index(START)
+    det = MarkDetector()
+    for k in range(50):
+        det.feed_samples(gen.render(first + k * 960, 960), (first + (k + 1) * 960) / SR)
+    assert det.tone_present
+    assert det.heard_source_slot == 7
+    assert det.tone_amplitude == pytest.approx(0.06, abs=0.01)

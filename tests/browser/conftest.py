@@ -1,0 +1,248 @@
+"""Fixtures for the browser suite: the real app on a real port inside a network namespace, and
+Debian's Chromium driven by Playwright (one browser context per participant).
+
+Recipe: ../shared/notes/test-infrastructure.md. The whole test process moves into a namespace
+with a veth pair (tests/netns.py) so the relay and Chromium gather candidates on 10.77.0.x only;
+the app listens on 10.77.0.1 and Chromium treats that origin as secure (getUserMedia needs it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aiohttp import web
+
+from smiling_relay.app import create_app
+from smiling_relay.config import Config
+from storage.base import Storage, to_utc_ms
+from tests import netns
+from tests.helpers import FakeClock
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, BrowserContext, Page, Playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+
+# Wraps RTCPeerConnection before the page runs, so the tests read getStats() from every
+# connection the page made without trusting the page's own bookkeeping.
+STATS_INIT_SCRIPT = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  const all = [];
+  window.__testPeerConnections = all;
+  window.RTCPeerConnection = function (...args) {
+    const pc = new Native(...args);
+    all.push(pc);
+    return pc;
+  };
+  window.RTCPeerConnection.prototype = Native.prototype;
+  Object.setPrototypeOf(window.RTCPeerConnection, Native);
+  window.__testInboundStats = async () => {
+    const out = { video: { framesDecoded: 0, bytesReceived: 0, frameWidth: 0, frameHeight: 0, tracks: 0 },
+                  audio: { packetsReceived: 0, totalSamplesReceived: 0, bytesReceived: 0, tracks: 0 },
+                  outbound: { video: 0, audio: 0 }, open: 0 };
+    for (const pc of all) {
+      if (pc.connectionState === "closed") continue;
+      out.open += 1;
+      const report = await pc.getStats();
+      report.forEach((s) => {
+        if (s.type === "inbound-rtp" && s.kind === "video") {
+          out.video.framesDecoded += s.framesDecoded || 0;
+          out.video.bytesReceived += s.bytesReceived || 0;
+          if ((s.framesDecoded || 0) > 0) {
+            out.video.tracks += 1;
+            out.video.frameWidth = Math.max(out.video.frameWidth, s.frameWidth || 0);
+            out.video.frameHeight = Math.max(out.video.frameHeight, s.frameHeight || 0);
+          }
+        }
+        if (s.type === "inbound-rtp" && s.kind === "audio") {
+          out.audio.packetsReceived += s.packetsReceived || 0;
+          out.audio.totalSamplesReceived += s.totalSamplesReceived || 0;
+          out.audio.bytesReceived += s.bytesReceived || 0;
+          if ((s.packetsReceived || 0) > 0) out.audio.tracks += 1;
+        }
+        if (s.type === "outbound-rtp") out.outbound[s.kind] += s.bytesSent || 0;
+      });
+    }
+    return out;
+  };
+})();
+"""
+
+
+class RealClock(FakeClock):
+    """The shared fixtures' clock, but running: a browser call takes real seconds, and the API
+    checks that an end time lies after the start and not in the future."""
+
+    def __call__(self) -> datetime:
+        return to_utc_ms(datetime.now(UTC))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def browser_netns() -> netns.Netns:
+    """Every browser test runs inside a network namespace of its own."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Debian chromium is not installed at {CHROMIUM} (./scripts/test installs it)")
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        pytest.skip("playwright for Python is not installed (./scripts/test installs it)")
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return netns.enter_process_netns()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return RealClock()
+
+
+@dataclass
+class Server:
+    base_url: str
+    app: web.Application
+    storage: Storage
+
+
+ServerFactory = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def serve(
+    config: Config, storage: Storage, browser_netns: netns.Netns
+) -> AsyncIterator[ServerFactory]:
+    """`await serve(**config_overrides)` runs the real app on 10.77.0.1:<free port>."""
+    runners: list[web.AppRunner] = []
+    host = browser_netns.addresses[0]
+
+    async def factory(**overrides: Any) -> Server:
+        app = create_app(dataclasses.replace(config, host=host, **overrides), storage)
+        runner = web.AppRunner(app, handle_signals=False)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, host, 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        return Server(base_url=f"http://{host}:{port}", app=app, storage=storage)
+
+    yield factory
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server(serve: ServerFactory) -> Server:
+    return await serve()
+
+
+@dataclass
+class Browsers:
+    """A Chromium for one test; `page()` opens a fresh context (one participant) on it."""
+
+    playwright: Playwright
+    browser: Browser
+    base_url: str
+    name: str
+    contexts: list[BrowserContext] = field(default_factory=list)
+    console: dict[str, list[str]] = field(default_factory=dict)
+
+    async def page(
+        self,
+        label: str,
+        *,
+        init_script: str | None = None,
+        viewport: dict[str, int] | None = None,
+        **context_options: Any,
+    ) -> Page:
+        context = await self.browser.new_context(
+            viewport=viewport or {"width": 1280, "height": 800}, **context_options
+        )
+        self.contexts.append(context)
+        await context.add_init_script(STATS_INIT_SCRIPT)
+        if init_script:
+            await context.add_init_script(init_script)
+        page = await context.new_page()
+        lines = self.console.setdefault(label, [])
+        page.on("console", lambda msg: lines.append(f"[{msg.type}] {msg.text}"))
+        page.on("pageerror", lambda err: lines.append(f"[pageerror] {err}"))
+        page.set_default_timeout(15000)
+        return page
+
+    async def screenshot(self, page: Page, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{self.name}-{name}.png"
+        await page.screenshot(path=str(path))
+        return path
+
+
+@pytest.fixture
+async def browsers(server: Server, request: pytest.FixtureRequest) -> AsyncIterator[Browsers]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=chromium_args(server.base_url),
+        )
+        b = Browsers(
+            playwright=p, browser=browser, base_url=server.base_url, name=request.node.name
+        )
+        try:
+            yield b
+        finally:
+            failed = getattr(request.node, "rep_call", None)
+            if failed is not None and failed.failed:
+                _dump_console(b)
+            for context in b.contexts:
+                await context.close()
+            await browser.close()
+
+
+def chromium_args(origin: str) -> list[str]:
+    return [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        "--auto-select-desktop-capture-source=Entire screen",
+        "--autoplay-policy=no-user-gesture-required",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--unsafely-treat-insecure-origin-as-secure={origin}",
+    ]
+
+
+def _dump_console(b: Browsers) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"{b.name}-console.json").write_text(json.dumps(b.console, indent=2))
+    for label, lines in b.console.items():
+        print(f"--- console of {label} ---")
+        for line in lines[-60:]:
+            print(line)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+def copy_for_readme(path: Path) -> None:
+    """The README shows one screenshot of a real call (docs/screenshot-call.png)."""
+    target = REPO / "docs" / "screenshot-call.png"
+    shutil.copyfile(path, target)

@@ -1,0 +1,97 @@
+"""Two real Chromium participants (client and psychologist) in one session through the relay."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.base import Storage
+from tests.browser import pages
+from tests.browser.conftest import Browsers, Server, copy_for_readme
+from tests.helpers import BookingFactory
+
+pytestmark = [pytest.mark.browser, pytest.mark.netns, pytest.mark.media]
+
+
+async def test_client_and_psychologist_call_end_to_end(
+    browsers: Browsers, server: Server, booking_factory: BookingFactory, storage: Storage
+) -> None:
+    booking = await booking_factory()
+    session_id = booking.session.id
+    client = await browsers.page("client")
+    psychologist = await browsers.page("psychologist")
+
+    await psychologist.goto(pages.call_url(server.base_url, session_id, booking.psychologist_token))
+    await pages.wait_phase(psychologist, "connected")
+    await client.goto(pages.call_url(server.base_url, session_id, booking.client_token))
+    await pages.wait_phase(client, "connected")
+    await pages.wait_remote_count(client, 1)
+    await pages.wait_remote_count(psychologist, 1)
+
+    # Each side decodes the other's video, and keeps decoding; audio packets arrive.
+    await pages.wait_video_decoding(client)
+    await pages.wait_video_decoding(psychologist)
+    await pages.wait_frames_rising(client, 15)
+    await pages.wait_frames_rising(psychologist, 15)
+    await pages.wait_audio_flowing(client)
+    await pages.wait_audio_flowing(psychologist)
+    await browsers.screenshot(client, "call-client")
+    await browsers.screenshot(psychologist, "call-psychologist")
+
+    # Mute (by keyboard) on the client: the psychologist sees it, then the unmute.
+    await client.focus("#btn-mic")
+    await client.keyboard.press("Space")
+    await pages.wait_remote_media(psychologist, "audio", False)
+    remote_tile = psychologist.locator(".tile-remote").first
+    await remote_tile.locator(".badge-muted").wait_for(state="visible")
+    assert await client.get_attribute("#btn-mic", "aria-label") == "Unmute microphone"
+    await client.click("#btn-mic")
+    await pages.wait_remote_media(psychologist, "audio", True)
+    await remote_tile.locator(".badge-muted").wait_for(state="hidden")
+
+    # Camera off on the psychologist: the client sees the avatar instead of video; back on,
+    # frames flow again.
+    await psychologist.click("#btn-camera")
+    await pages.wait_remote_media(client, "video", False)
+    await client.locator(".tile-remote.video-off").wait_for(state="attached")
+    await psychologist.click("#btn-camera")
+    await pages.wait_remote_media(client, "video", True)
+    await client.locator(".tile-remote:not(.video-off)").wait_for(state="attached")
+    await pages.wait_frames_rising(client, 10)
+
+    # Screen share on the client replaces the camera track on the same sender: the
+    # psychologist sees the "presenting" state and the picture's size change, frames keep coming.
+    camera_size = await pages.remote_frame_size(psychologist)
+    await client.click("#btn-screen")
+    await pages.wait_remote_media(psychologist, "screen", True)
+    await psychologist.locator(".tile-remote .badge-screen").wait_for(state="visible")
+    await pages.wait_remote_frame_size(psychologist, lambda size: size != camera_size)
+    await pages.wait_frames_rising(psychologist, 10)
+    await browsers.screenshot(psychologist, "screen-share-seen-by-psychologist")
+    await client.click("#btn-screen")
+    await pages.wait_remote_media(psychologist, "screen", False)
+    await pages.wait_remote_frame_size(psychologist, lambda size: size == camera_size)
+    await pages.wait_frames_rising(psychologist, 10)
+
+    shot = await browsers.screenshot(client, "call-client-later")
+    copy_for_readme(shot)
+
+    # The psychologist ends the call: summary with the duration; the session is Completed.
+    await psychologist.click("#btn-end")
+    await psychologist.click("#confirm-end")
+    await pages.wait_phase(psychologist, "ended")
+    await psychologist.locator("#call-summary").wait_for(state="visible")
+    summary = await psychologist.evaluate("window.smilingCall.summary")
+    assert summary["error"] is None, summary
+    assert summary["status"] == "Completed"
+    assert summary["seconds"] >= 1
+    assert await psychologist.locator("#summary-duration").inner_text() != ""
+    await browsers.screenshot(psychologist, "summary")
+    stored = await storage.get_session(session_id)
+    assert stored is not None
+    assert stored.status == "Completed"
+    assert stored.call_duration is not None
+    assert stored.video_call_started is not None and stored.video_call_ended is not None
+
+    # The client is told the psychologist left and is alone in the call.
+    await pages.wait_remote_count(client, 0)
+    await client.locator("#banner .banner").wait_for(state="visible")
