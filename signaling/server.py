@@ -22,7 +22,7 @@ CONNECTIONS_KEY: web.AppKey[set[Any]] = web.AppKey("signaling_connections")
 
 def setup_signaling(app: web.Application) -> None:
     """Register `/ws` and a cleanup context that owns the Relay (stored at RELAY_KEY)."""
-    app[CONNECTIONS_KEY] = set()
+    app[CONNECTIONS_KEY] = set[Any]()
     app.router.add_get("/ws", websocket_handler, name="signaling")
     app.cleanup_ctx.append(relay_context)
     app.on_shutdown.append(close_connections)
