@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
@@ -16,13 +15,19 @@ from smiling_relay.config import Config
 
 HEARTBEAT_SECONDS = 10.0  # a silent client is dropped after about this long without a pong
 
-# open sockets, closed with "going away" at shutdown
-CONNECTIONS_KEY: web.AppKey[set[Any]] = web.AppKey("signaling_connections")
+class OpenSockets:
+    """The app's live signaling sockets, closed with "going away" at shutdown."""
+
+    def __init__(self) -> None:
+        self.sockets: set[web.WebSocketResponse] = set()
+
+
+CONNECTIONS_KEY: web.AppKey[OpenSockets] = web.AppKey("signaling_connections")
 
 
 def setup_signaling(app: web.Application) -> None:
     """Register `/ws` and a cleanup context that owns the Relay (stored at RELAY_KEY)."""
-    app[CONNECTIONS_KEY] = set[Any]()
+    app[CONNECTIONS_KEY] = OpenSockets()
     app.router.add_get("/ws", websocket_handler, name="signaling")
     app.cleanup_ctx.append(relay_context)
     app.on_shutdown.append(close_connections)
@@ -40,14 +45,14 @@ async def relay_context(app: web.Application) -> AsyncIterator[None]:
 
 
 async def close_connections(app: web.Application) -> None:
-    for ws in list(app[CONNECTIONS_KEY]):
+    for ws in list(app[CONNECTIONS_KEY].sockets):
         await ws.close(code=1001, message=b"server shutting down")
 
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
-    connections = request.app[CONNECTIONS_KEY]
+    connections = request.app[CONNECTIONS_KEY].sockets
     connections.add(ws)
     try:
         await SignalingConnection(request, ws, request.app[RELAY_KEY]).run(

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from aiohttp import web
@@ -86,14 +86,38 @@ def make_app(config: Config, storage: Storage) -> AppFactory:
 
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
+Client = TestClient[web.Request, web.Application]
+
+
+class MakeClient(Protocol):
+    async def __call__(self, **overrides: Any) -> Client: ...
 
 
 @pytest.fixture
-async def client(
-    aiohttp_client: ClientFactory, make_app: AppFactory
-) -> TestClient[web.Request, web.Application]:
+async def make_client(
+    storage: Storage, make_app: AppFactory, aiohttp_client: ClientFactory
+) -> AsyncIterator[MakeClient]:
+    """`await make_client(**config_overrides)` → a test client for a fresh real app.
+
+    The clients are closed here, before `storage` is torn down, so the app's shutdown
+    hooks (relay, metrics) can still write to it.
+    """
+    made: list[Client] = []
+
+    async def factory(**overrides: Any) -> Client:
+        test_client = await aiohttp_client(make_app(**overrides))
+        made.append(test_client)
+        return test_client
+
+    yield factory
+    for test_client in reversed(made):
+        await test_client.close()
+
+
+@pytest.fixture
+async def client(make_client: MakeClient) -> Client:
     """A test client for the real app with the default test configuration."""
-    return await aiohttp_client(make_app())
+    return await make_client()
 
 
 @pytest.fixture

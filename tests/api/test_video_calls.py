@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from storage.base import Storage, format_datetime
+from tests.conftest import MakeClient
 from tests.helpers import (
     ADMIN_ID,
     BookingFactory,
@@ -34,16 +35,13 @@ async def test_config_without_ice_settings_is_empty(client: Client, admin_token:
     assert data == {"iceServers": []}
 
 
-async def test_config_lists_stun_and_static_turn(
-    aiohttp_client, make_app, admin_token: str
-) -> None:
-    app = make_app(
+async def test_config_lists_stun_and_static_turn(make_client: MakeClient, admin_token: str) -> None:
+    c = await make_client(
         stun_server_url="stun:stun.example.org:19302",
         turn_server_url="turn:turn.example.org:3478",
         turn_username="user",
         turn_password="pass",
     )
-    c = await aiohttp_client(app)
     data = await data_of(await c.get("/api/video-calls/config", headers=auth_headers(admin_token)))
     assert data["iceServers"] == [
         {"urls": "stun:stun.example.org:19302"},
@@ -52,19 +50,18 @@ async def test_config_lists_stun_and_static_turn(
 
 
 async def test_config_turn_rest_credentials(
-    aiohttp_client, make_app, make_token: TokenFactory, clock: FakeClock
+    make_client: MakeClient, make_token: TokenFactory, clock: FakeClock
 ) -> None:
     import base64
     import hashlib
     import hmac
 
-    app = make_app(
+    c = await make_client(
         turn_server_url="turn:turn.example.org:3478",
         turn_urls=("turns:turn.example.org:5349",),
         turn_secret="s3cret",
         turn_credential_ttl=600,
     )
-    c = await aiohttp_client(app)
     token = make_token("1" * 24, "client")
     data = await data_of(await c.get("/api/video-calls/config", headers=auth_headers(token)))
     (server,) = data["iceServers"]

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -186,28 +187,34 @@ class Browsers:
         return path
 
 
-@pytest.fixture
-async def browsers(server: Server, request: pytest.FixtureRequest) -> AsyncIterator[Browsers]:
+@asynccontextmanager
+async def launch_browsers(base_url: str, name: str) -> AsyncIterator[Browsers]:
+    """A Chromium allowed to use camera and microphone on `base_url`; closed on exit."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         browser = await p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=chromium_args(server.base_url),
+            executable_path=str(CHROMIUM), headless=True, args=chromium_args(base_url)
         )
-        b = Browsers(
-            playwright=p, browser=browser, base_url=server.base_url, name=request.node.name
-        )
+        b = Browsers(playwright=p, browser=browser, base_url=base_url, name=name)
         try:
             yield b
+        except BaseException:
+            _dump_console(b)
+            raise
         finally:
-            failed = getattr(request.node, "rep_call", None)
-            if failed is not None and failed.failed:
-                _dump_console(b)
             for context in b.contexts:
                 await context.close()
             await browser.close()
+
+
+@pytest.fixture
+async def browsers(server: Server, request: pytest.FixtureRequest) -> AsyncIterator[Browsers]:
+    async with launch_browsers(server.base_url, request.node.name) as b:
+        yield b
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            _dump_console(b)
 
 
 def chromium_args(origin: str) -> list[str]:

@@ -93,10 +93,10 @@ def make_app(
 
 
 async def wait_for(
-    condition: Callable[[], Awaitable[Any]], timeout: float = 5.0, what: str = "condition"
+    condition: Callable[[], Awaitable[Any]], limit: float = 5.0, what: str = "condition"
 ) -> Any:
     """Poll `condition` until it returns something truthy (bounded)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit
     while True:
         result = await condition()
         if result:

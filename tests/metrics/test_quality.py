@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -82,7 +83,7 @@ class Call:
 
     def __init__(self, relay: FakeRelay) -> None:
         self.relay = relay
-        common = {"started_at": T0, "rtt_seconds": 0.04}
+        common: dict[str, Any] = {"started_at": T0, "rtt_seconds": 0.04}
         self.a_in_v = relay.add("room-q", "A", "video", "in", codec="VP8", **common)
         self.a_in_a = relay.add(
             "room-q", "A", "audio", "in", codec="opus", jitter_seconds=0.005, **common

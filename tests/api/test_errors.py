@@ -1,0 +1,116 @@
+"""Every failure answers in the seed's envelope; nothing leaks a traceback."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from api.errors import error_middleware
+from smiling_relay.appkeys import CONFIG_KEY
+from smiling_relay.config import Config
+from storage.base import StorageError, format_datetime
+from tests.conftest import MakeClient
+from tests.helpers import FakeClock, auth_headers, error_of
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def test_unknown_route_is_enveloped(client: Client, clock: FakeClock) -> None:
+    resp = await client.get("/api/nope")
+    error = await error_of(resp, 404)
+    assert error["code"] == "NOT_FOUND"
+    assert error["timestamp"] == format_datetime(clock())
+    datetime.fromisoformat(error["timestamp"].replace("Z", "+00:00"))
+
+
+async def test_wrong_method_is_enveloped(client: Client, admin_token: str) -> None:
+    resp = await client.delete("/api/video-calls/config", headers=auth_headers(admin_token))
+    error = await error_of(resp, 405)
+    assert error["code"] == "METHOD_NOT_ALLOWED"
+    assert "GET" in resp.headers["Allow"]
+
+
+async def test_bad_json_and_non_object(client: Client, admin_token: str) -> None:
+    headers = auth_headers(admin_token)
+    resp = await client.post("/api/admin/users", headers=headers, data=b"{oops")
+    assert (await error_of(resp, 400))["code"] == "INVALID_JSON"
+    resp = await client.post("/api/admin/users", headers=headers, json=[1, 2])
+    assert (await error_of(resp, 400))["code"] == "INVALID_JSON"
+    resp = await client.post("/api/admin/users", headers=headers)
+    assert (await error_of(resp, 400))["code"] == "INVALID_JSON"
+
+
+async def test_body_too_large(client: Client, admin_token: str) -> None:
+    resp = await client.post(
+        "/api/admin/users", headers=auth_headers(admin_token), data=b"x" * (1024 * 1024)
+    )
+    assert (await error_of(resp, 413))["code"] == "PAYLOAD_TOO_LARGE"
+
+
+def _app_raising(exc: Exception, config: Config) -> web.Application:
+    async def boom(_: web.Request) -> web.Response:
+        raise exc
+
+    app = web.Application(middlewares=[error_middleware])
+    app[CONFIG_KEY] = config
+    app.router.add_get("/boom", boom)
+    return app
+
+
+async def test_internal_error_hides_details(aiohttp_client, config: Config) -> None:
+    client = await aiohttp_client(_app_raising(RuntimeError("secret path /etc/x"), config))
+    resp = await client.get("/boom")
+    error = await error_of(resp, 500)
+    assert error["code"] == "INTERNAL_ERROR"
+    text = await resp.text()
+    assert "secret" not in text
+    assert "Traceback" not in text
+
+
+async def test_storage_failure_is_503(aiohttp_client, config: Config) -> None:
+    client = await aiohttp_client(_app_raising(StorageError("db down at 10.0.0.5"), config))
+    resp = await client.get("/boom")
+    error = await error_of(resp, 503)
+    assert error["code"] == "SERVICE_UNAVAILABLE"
+    assert "10.0.0.5" not in await resp.text()
+
+
+async def test_health(client: Client) -> None:
+    resp = await client.get("/healthz")
+    body = await resp.json()
+    assert resp.status == 200
+    assert body == {"success": True, "data": {"status": "ok", "storage": "sqlite"}}
+
+
+async def test_api_responses_are_not_cached(client: Client, admin_token: str) -> None:
+    resp = await client.get("/api/video-calls/config", headers=auth_headers(admin_token))
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert resp.headers["Referrer-Policy"] == "no-referrer"
+
+
+async def test_cors(make_client: MakeClient, admin_token: str) -> None:
+    client = await make_client(cors_origins=("https://app.example.org",))
+    pre = await client.options(
+        "/api/video-calls/config",
+        headers={
+            "Origin": "https://app.example.org",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "x-auth-token",
+        },
+    )
+    assert pre.status == 204
+    assert pre.headers["Access-Control-Allow-Origin"] == "https://app.example.org"
+    assert "x-auth-token" in pre.headers["Access-Control-Allow-Headers"]
+    real = await client.get(
+        "/api/video-calls/config",
+        headers={"Origin": "https://app.example.org", **auth_headers(admin_token)},
+    )
+    assert real.headers["Access-Control-Allow-Origin"] == "https://app.example.org"
+    assert "X-RateLimit-Remaining" in real.headers["Access-Control-Expose-Headers"]
+    other = await client.get(
+        "/api/video-calls/config",
+        headers={"Origin": "https://evil.example", **auth_headers(admin_token)},
+    )
+    assert "Access-Control-Allow-Origin" not in other.headers

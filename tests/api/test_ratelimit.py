@@ -1,0 +1,100 @@
+"""Rate limits: 10 requests/min/user on the video-call API, 3 WebSocket connections/min/user."""
+
+from __future__ import annotations
+
+import math
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from api.ratelimit import RateLimiter
+from smiling_relay.appkeys import API_RATE_LIMITER_KEY, WS_RATE_LIMITER_KEY
+from tests.conftest import MakeClient
+from tests.helpers import FakeClock, TokenFactory, auth_headers, error_of
+
+Client = TestClient[web.Request, web.Application]
+
+
+class Seconds:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sliding_window() -> None:
+    t = Seconds()
+    limiter = RateLimiter(3, 60, clock=t)
+    results = [limiter.hit("u") for _ in range(3)]
+    assert [r.remaining for r in results] == [2, 1, 0]
+    assert all(r.allowed for r in results)
+    t.now += 10
+    refused = limiter.hit("u")
+    assert not refused.allowed
+    assert refused.retry_after == 50
+    assert refused.headers()["Retry-After"] == "50"
+    assert refused.headers()["X-RateLimit-Reset"] == str(1_000_000 + 60)
+    assert limiter.hit("other").allowed  # keys are independent
+    t.now += 50  # the three first hits leave the window together
+    assert [limiter.hit("u").allowed for _ in range(4)] == [True, True, True, False]
+    assert limiter.peek("u").remaining == 0
+
+
+def test_disabled_when_zero() -> None:
+    limiter = RateLimiter(0)
+    assert all(limiter.hit("u").allowed for _ in range(1000))
+
+
+def test_idle_keys_are_swept() -> None:
+    t = Seconds()
+    limiter = RateLimiter(5, 60, clock=t)
+    for i in range(2000):
+        limiter.hit(f"k{i}")
+    t.now += 120
+    for i in range(1100):
+        limiter.hit(f"fresh{i}")
+    assert len(limiter._hits) < 2000 + 1100
+
+
+async def test_api_limit_returns_429_with_headers(
+    make_client: MakeClient, make_token: TokenFactory, clock: FakeClock
+) -> None:
+    client = await make_client(rate_limit_api_per_min=10)
+    alice = auth_headers(make_token("1" * 24, "client"))
+    for i in range(10):
+        resp = await client.get("/api/video-calls/config", headers=alice)
+        assert resp.status == 200
+        assert resp.headers["X-RateLimit-Limit"] == "10"
+        assert resp.headers["X-RateLimit-Remaining"] == str(9 - i)
+    refused = await client.get("/api/video-calls/config", headers=alice)
+    error = await error_of(refused, 429)
+    assert error["code"] == "RATE_LIMITED"
+    assert refused.headers["Retry-After"] == "60"
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert int(refused.headers["X-RateLimit-Reset"]) == math.ceil(clock().timestamp() + 60)
+
+    # Another user has their own budget.
+    bob = auth_headers(make_token("2" * 24, "client"))
+    assert (await client.get("/api/video-calls/config", headers=bob)).status == 200
+    # Admin endpoints are not counted.
+    admin = auth_headers(make_token("a" * 24, "admin"))
+    assert (await client.get(f"/api/admin/users/{'1' * 24}", headers=admin)).status == 404
+
+    clock.advance(seconds=60)
+    assert (await client.get("/api/video-calls/config", headers=alice)).status == 200
+
+
+async def test_unauthenticated_requests_count_per_address(make_client: MakeClient) -> None:
+    client = await make_client(rate_limit_api_per_min=3)
+    statuses = [(await client.get("/api/video-calls/config")).status for _ in range(4)]
+    assert statuses == [401, 401, 401, 429]
+
+
+async def test_limiters_are_configured_from_config(make_client: MakeClient) -> None:
+    client = await make_client(rate_limit_api_per_min=7, rate_limit_ws_per_min=3)
+    app = client.app
+    assert app[API_RATE_LIMITER_KEY].limit == 7
+    ws = app[WS_RATE_LIMITER_KEY]
+    assert ws.limit == 3
+    assert [ws.hit("user:x").allowed for _ in range(4)] == [True, True, True, False]
