@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -16,6 +15,7 @@ from relay.sfu import Relay
 from smiling_relay.appkeys import RELAY_KEY
 from storage.base import Storage
 from tests.helpers import Booking, BookingFactory, TokenFactory
+from tests.waiting import eventually
 
 Client = TestClient[Any, Any]
 
@@ -176,10 +176,7 @@ async def test_join_ignores_claimed_identity_and_bad_sdp_leaves_nothing_behind(
     assert (await receive(ws))["data"]["code"] == "NEGOTIATION_FAILED"
 
     await ws.close()
-    deadline = asyncio.get_running_loop().time() + 5
-    while room_id in relay.rooms and asyncio.get_running_loop().time() < deadline:
-        await asyncio.sleep(0.05)  # the server notices the close on its own task
-    assert room_id not in relay.rooms
+    await eventually(lambda: room_id not in relay.rooms, "the abandoned room to close")
 
 
 async def test_websocket_connections_are_rate_limited(
