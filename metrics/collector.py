@@ -38,6 +38,9 @@ PREFIX = "smiling_relay"
 DEFAULT_MAX_CALLS = 200
 STREAM_LABELS = ("call", "participant", "role", "source", "kind", "direction")
 MAX_REASON_LENGTH = 64
+# Failure reasons the relay reports (relay/participant.py); exported at 0 before the first
+# failure so rate() and alerts have a series to work on.
+KNOWN_FAILURE_REASONS = ("ice", "dtls")
 
 
 class RelayLike(Protocol):
@@ -277,7 +280,7 @@ class RelayCollector(Collector):
             "WebRTC connections that failed, by reason (ICE, DTLS, timeout, …).",
             labels=("reason",),
         )
-        merged: dict[str, int] = {}
+        merged: dict[str, int] = dict.fromkeys(KNOWN_FAILURE_REASONS, 0)
         for reason, count in stats.connection_failures.items():
             label = _clean_reason(reason)
             merged[label] = merged.get(label, 0) + count

@@ -13,27 +13,32 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from metrics.collector import PREFIX
 
-# Events of the signaling protocol (docs/signaling.md), both directions.
-KNOWN_WS_EVENTS = frozenset(
-    {
-        "authenticate",
-        "authenticated",
-        "join-room",
-        "room-joined",
-        "user-joined",
-        "user-left",
-        "offer",
-        "answer",
-        "ice-candidate",
-        "tracks",
-        "media-state",
-        "leave-room",
-        "room-left",
-        "ping",
-        "pong",
-        "error",
-    }
+# Events of the signaling protocol (docs/signaling.md), by direction.
+WS_EVENTS_IN = (
+    "authenticate",
+    "join-room",
+    "offer",
+    "answer",
+    "ice-candidate",
+    "media-state",
+    "leave-room",
+    "ping",
 )
+WS_EVENTS_OUT = (
+    "authenticated",
+    "room-joined",
+    "user-joined",
+    "user-left",
+    "offer",
+    "answer",
+    "ice-candidate",
+    "tracks",
+    "media-state",
+    "room-left",
+    "pong",
+    "error",
+)
+KNOWN_WS_EVENTS = frozenset(WS_EVENTS_IN + WS_EVENTS_OUT)
 WS_DIRECTIONS = frozenset({"in", "out"})
 ERROR_SOURCES = frozenset({"api", "ws", "relay"})
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -104,6 +109,16 @@ class Instruments:
         )
         self._extra_events: set[str] = set()
         self._codes: set[str] = set()
+        # Series that exist from the start (at 0), so rate() panels show 0 rather than nothing.
+        for event in WS_EVENTS_IN:
+            self.ws_messages.labels(event, "in")
+        for event in WS_EVENTS_OUT:
+            self.ws_messages.labels(event, "out")
+        for source in sorted(ERROR_SOURCES):
+            self.errors.labels("INTERNAL_ERROR", source)
+        self._codes.add("INTERNAL_ERROR")
+        for result in ("stored", "failed", "skipped"):
+            self.call_summaries.labels(result)
 
     # -- label hygiene ------------------------------------------------------------------
 

@@ -53,45 +53,32 @@ def self_test() -> None:
         (RTCIceTransport, ("iceGatherer",)),
     ):
         problems += [f"{owner.__name__}.{n} is missing" for n in names if not hasattr(owner, n)]
-    probe = RTCPeerConnection()
-    try:
-        transceiver = probe.addTransceiver("video", direction="sendonly")
-        dtls = transceiver.sender.transport
-        for name in ("_rx_srtp", "_tx_srtp", "_state"):
-            if not hasattr(dtls, name):
-                problems.append(f"RTCDtlsTransport instance has no {name}")
-        connection = getattr(dtls.transport, "_connection", None)
-        if connection is None:
-            problems.append("RTCIceTransport instance has no _connection")
-        elif not hasattr(connection, "_nominated") or not hasattr(connection, "data_received"):
-            problems.append("aioice Connection has no _nominated / data_received")
-        for name in ("_ssrc", "_rtx_ssrc"):
-            if not isinstance(getattr(transceiver.sender, name, None), int):
-                problems.append(f"RTCRtpSender instance has no integer {name}")
-        if not hasattr(transceiver.receiver, "_RTCRtpReceiver__decoder_thread"):
-            problems.append("RTCRtpReceiver instance has no __decoder_thread")
-        if not hasattr(transceiver.sender, "_RTCRtpSender__encoder"):
-            problems.append("RTCRtpSender instance has no __encoder")
-    finally:
-        _close_soon(probe)
+    problems += _instance_problems()
     if problems:
         raise AiortcInternalsChanged(
             "the relay's aiortc adapter does not match the installed aiortc: " + "; ".join(problems)
         )
 
 
-_closing: set[asyncio.Task[None]] = set()
-
-
-def _close_soon(pc: RTCPeerConnection) -> None:
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(pc.close())
-        return
-    task = loop.create_task(pc.close())
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
+def _instance_problems() -> list[str]:
+    """Attributes that exist only on instances; an unconnected connection opens no sockets."""
+    problems: list[str] = []
+    transceiver = RTCPeerConnection().addTransceiver("video", direction="sendonly")
+    dtls = transceiver.sender.transport
+    problems += [
+        f"RTCDtlsTransport has no {n}" for n in ("_rx_srtp", "_tx_srtp") if not hasattr(dtls, n)
+    ]
+    connection = getattr(dtls.transport, "_connection", None)
+    if not hasattr(connection, "_nominated") or not hasattr(connection, "data_received"):
+        problems.append("aioice Connection has no _nominated / data_received")
+    for name in ("_ssrc", "_rtx_ssrc"):
+        if not isinstance(getattr(transceiver.sender, name, None), int):
+            problems.append(f"RTCRtpSender has no integer {name}")
+    if not hasattr(transceiver.receiver, "_RTCRtpReceiver__decoder_thread"):
+        problems.append("RTCRtpReceiver has no __decoder_thread")
+    if not hasattr(transceiver.sender, "_RTCRtpSender__encoder"):
+        problems.append("RTCRtpSender has no __encoder")
+    return problems
 
 
 class MediaTransport:

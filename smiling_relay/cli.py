@@ -72,25 +72,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     # --- extension point: the `synth` subcommand lives in synth/cli.py (another package).
-    # Its arguments are passed through untouched to `synth.cli.main(argv)`.
-    synth = sub.add_parser(
+    # Everything after `synth` is passed untouched to `synth.cli.main(argv)` (see main()).
+    sub.add_parser(
         "synth",
         help="synthetic media and QA calls (if the synth package provides a CLI)",
         add_help=False,
     )
-    synth.add_argument("synth_args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _split_synth(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Split `[top-level options] synth ARGS…` into (`[options…, "synth"]`, ARGS)."""
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        i += 2 if argv[i] == "--log-level" else 1
+    if i < len(argv) and argv[i] == "synth":
+        return argv[: i + 1], argv[i + 1 :]
+    return argv, None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    own_args, synth_args = _split_synth(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(own_args)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "synth":
-        return _synth(args.synth_args)
+        return _synth(synth_args or [])
     try:
         config = Config.from_env()
     except ConfigError as exc:

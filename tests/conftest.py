@@ -19,6 +19,10 @@ from itertools import count
 from pathlib import Path
 from typing import Any, Protocol
 
+# Imported up front: hypothesis' pytest plugin otherwise imports it lazily at session end, and
+# after the media tests have run threads that compile trips CPython 3.11.7's
+# "AST constructor recursion depth mismatch" bug.
+import hypothesis  # noqa: F401
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient

@@ -49,9 +49,12 @@ STATS_INIT_SCRIPT = """
   window.RTCPeerConnection.prototype = Native.prototype;
   Object.setPrototypeOf(window.RTCPeerConnection, Native);
   window.__testInboundStats = async () => {
-    const out = { video: { framesDecoded: 0, bytesReceived: 0, frameWidth: 0, frameHeight: 0, tracks: 0 },
-                  audio: { packetsReceived: 0, totalSamplesReceived: 0, bytesReceived: 0, tracks: 0 },
-                  outbound: { video: 0, audio: 0 }, open: 0 };
+    const out = {
+      video: { framesDecoded: 0, bytesReceived: 0, frameWidth: 0, frameHeight: 0, tracks: 0 },
+      audio: { packetsReceived: 0, totalSamplesReceived: 0, bytesReceived: 0, tracks: 0 },
+      outbound: { video: 0, audio: 0 },
+      open: 0,
+    };
     for (const pc of all) {
       if (pc.connectionState === "closed") continue;
       out.open += 1;

@@ -22,7 +22,7 @@ async def phase(page: Page) -> str:
     return str(await page.evaluate("window.smilingCall.phase"))
 
 
-async def wait_phase(page: Page, expected: str, timeout: int = JOIN_TIMEOUT_MS) -> None:
+async def wait_phase(page: Page, expected: str, within_ms: int = JOIN_TIMEOUT_MS) -> None:
     """Wait until the page's call phase is `expected` (fails fast on an unexpected error)."""
     await page.wait_for_function(
         """(expected) => {
@@ -34,13 +34,13 @@ async def wait_phase(page: Page, expected: str, timeout: int = JOIN_TIMEOUT_MS) 
             return s.phase === expected;
         }""",
         arg=expected,
-        timeout=timeout,
+        timeout=within_ms,
     )
 
 
-async def wait_remote_count(page: Page, n: int, timeout: int = JOIN_TIMEOUT_MS) -> None:
+async def wait_remote_count(page: Page, n: int, within_ms: int = JOIN_TIMEOUT_MS) -> None:
     await page.wait_for_function(
-        "(n) => window.smilingCall.participants.length === n", arg=n, timeout=timeout
+        "(n) => window.smilingCall.participants.length === n", arg=n, timeout=within_ms
     )
 
 
@@ -50,29 +50,29 @@ async def inbound(page: Page) -> dict[str, Any]:
     return result
 
 
-async def wait_video_decoding(page: Page, more_than: int = 0, timeout: int = 15000) -> int:
+async def wait_video_decoding(page: Page, more_than: int = 0, within_ms: int = 15000) -> int:
     """Wait until the page has decoded more than `more_than` remote video frames in total."""
     await page.wait_for_function(
         """async (n) => (await window.__testInboundStats()).video.framesDecoded > n""",
         arg=more_than,
-        timeout=timeout,
+        timeout=within_ms,
         polling=200,
     )
     return int((await inbound(page))["video"]["framesDecoded"])
 
 
-async def wait_frames_rising(page: Page, frames: int = 10, timeout: int = 15000) -> int:
+async def wait_frames_rising(page: Page, frames: int = 10, within_ms: int = 15000) -> int:
     """framesDecoded keeps rising: `frames` more frames after the current count."""
     start = int((await inbound(page))["video"]["framesDecoded"])
-    return await wait_video_decoding(page, start + frames, timeout)
+    return await wait_video_decoding(page, start + frames, within_ms)
 
 
-async def wait_audio_flowing(page: Page, packets: int = 25, timeout: int = 15000) -> None:
+async def wait_audio_flowing(page: Page, packets: int = 25, within_ms: int = 15000) -> None:
     start = int((await inbound(page))["audio"]["packetsReceived"])
     await page.wait_for_function(
         """async (n) => (await window.__testInboundStats()).audio.packetsReceived > n""",
         arg=start + packets,
-        timeout=timeout,
+        timeout=within_ms,
         polling=200,
     )
 
@@ -84,14 +84,14 @@ async def remote_media(page: Page, index: int = 0) -> dict[str, Any]:
     return media
 
 
-async def wait_remote_media(page: Page, key: str, value: bool, timeout: int = 10000) -> None:
+async def wait_remote_media(page: Page, key: str, value: bool, within_ms: int = 10000) -> None:
     await page.wait_for_function(
         """([key, value]) => {
             const p = window.smilingCall.participants[0];
             return Boolean(p) && p.media[key] === value;
         }""",
         arg=[key, value],
-        timeout=timeout,
+        timeout=within_ms,
     )
 
 
@@ -101,10 +101,10 @@ async def remote_frame_size(page: Page) -> tuple[int, int]:
 
 
 async def wait_remote_frame_size(
-    page: Page, condition: Callable[[tuple[int, int]], bool], timeout: float = 15.0
+    page: Page, condition: Callable[[tuple[int, int]], bool], within_s: float = 15.0
 ) -> tuple[int, int]:
     """Poll getStats until the decoded remote picture's size satisfies `condition`."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within_s
     size = await remote_frame_size(page)
     while not condition(size):
         if asyncio.get_running_loop().time() > deadline:

@@ -74,9 +74,7 @@ async def test_too_early_shows_the_waiting_room_then_lets_in(
     await browsers.screenshot(page, "waiting-room")
 
     # The psychologist moves the session forward; the re-check lets the client in.
-    await storage.update_session(
-        booking.session.id, session_date=clock() + timedelta(minutes=5)
-    )
+    await storage.update_session(booking.session.id, session_date=clock() + timedelta(minutes=5))
     await page.click("#check-now")
     await pages.wait_phase(page, "connected")
 

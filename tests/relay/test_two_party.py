@@ -44,3 +44,25 @@ async def test_two_participants_exchange_audio_and_video(
 
     for participant in relay.rooms[room_id].participants.values():
         assert participant.codec_work() == (0, 0), "the relay must not decode or encode"
+
+
+async def test_h264_is_forwarded_as_h264(
+    booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker, relay: Relay
+) -> None:
+    booking = await booking_factory()
+    room_id = await open_room(storage, booking)
+    sender = await make_client(booking.client_token)
+    viewer = await make_client(booking.psychologist_token)
+    await sender.join(room_id)
+    await sender.publish(PatternVideoTrack(source_id=7), video_codec="H264")
+    await viewer.join(room_id)
+    await viewer.wait_until(lambda: viewer.video_from(sender.socket_id or "") is not None, "video")
+    probe = viewer.video_from(sender.socket_id or "")
+    assert probe is not None
+    await probe.wait_for_frames(15, 15, intact=True)
+    assert probe.source_ids_seen == {7}
+    room = relay.rooms[room_id]
+    codecs = {s.stats.codec for s in room.stream_samples() if s.stats.kind == "video"}
+    assert codecs == {"H264"}
+    for participant in room.participants.values():
+        assert participant.codec_work() == (0, 0)

@@ -99,6 +99,14 @@ export class CallSession extends Emitter {
       if (!canJoin?.canJoin) {
         const code = reasonCode(canJoin);
         if (code === "TOO_EARLY") {
+          // The room can be prepared ahead of the window: it names who the session is with.
+          if (!this.room) {
+            this.room = await this.api.generateRoom(this.sessionId).catch(() => null);
+            if (this.room) {
+              this._resolveLocalName();
+              this.emit("room", this.room);
+            }
+          }
           this._enterWaitingRoom(canJoin);
           return;
         }
@@ -106,7 +114,10 @@ export class CallSession extends Emitter {
           details: canJoin,
         });
       }
-      const [config, room] = await Promise.all([this.api.config(), this.api.generateRoom(this.sessionId)]);
+      const [config, room] = await Promise.all([
+        this.api.config(),
+        this.room ? Promise.resolve(this.room) : this.api.generateRoom(this.sessionId),
+      ]);
       this.iceServers = config?.iceServers ?? [];
       this.room = room;
       this._resolveLocalName();

@@ -36,7 +36,12 @@ export class ParticipantList {
           h(
             "span",
             { class: "participant-who" },
-            h("span", { class: "participant-name" }, name, p.isLocal ? h("span", { class: "you", text: " (you)" }) : null),
+            h(
+              "span",
+              { class: "participant-name" },
+              h("span", { class: "name-text", text: name }),
+              p.isLocal ? h("span", { class: "you", text: "(you)" }) : null,
+            ),
             h("span", { class: "participant-role", text: role }),
           ),
           h(

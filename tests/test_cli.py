@@ -1,0 +1,205 @@
+"""The `smiling-relay` command: token, demo, serve, and the synth extension point."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from api.auth import Identity, decode_token
+from smiling_relay import cli
+from storage.sqlite import SQLiteStorage
+from tests.helpers import TEST_JWT_SECRET
+
+REPO = Path(__file__).resolve().parent.parent
+USER = "507f1f77bcf86cd799439011"
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """A clean environment: test secret, temp SQLite file, no platform variables."""
+    for name in list(os.environ):
+        if name in {"NODE_ENV", "APP_ENV", "MONGODB_URI", "PUBLIC_URL", "HOST", "PORT"}:
+            monkeypatch.delenv(name)
+    db = tmp_path / "cli.sqlite3"
+    monkeypatch.setenv("JWT_SECRET", TEST_JWT_SECRET)
+    monkeypatch.setenv("SQLITE_PATH", str(db))
+    return db
+
+
+def test_token_both_shapes(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["token", "--user-id", USER, "--role", "psychologist"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert decode_token(token, TEST_JWT_SECRET) == Identity(USER, "psychologist")
+    assert cli.main(["token", "--user-id", USER.upper(), "--role", "admin", "--shape", "sub"]) == 0
+    token = capsys.readouterr().out.strip()
+    assert decode_token(token, TEST_JWT_SECRET) == Identity(USER, "admin")
+
+
+def test_token_refusals(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["token", "--user-id", "42", "--role", "client"]) == 2
+    assert "ObjectId" in capsys.readouterr().err
+    assert cli.main(["token", "--user-id", USER, "--role", "client", "--ttl", "0"]) == 2
+    monkeypatch.delenv("JWT_SECRET")
+    assert cli.main(["token", "--user-id", USER, "--role", "client"]) == 2
+    assert "JWT_SECRET" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["token", "--user-id", USER, "--role", "root"])
+
+
+def test_bad_configuration_exits_2(
+    env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PORT", "not-a-port")
+    assert cli.main(["token", "--user-id", USER, "--role", "client"]) == 2
+    assert "PORT" in capsys.readouterr().err
+
+
+def test_demo_is_repeatable(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert cli.main(["demo", "--json", "--starts-in", "10"]) == 0
+    second = json.loads(capsys.readouterr().out)
+
+    for role in ("client", "psychologist", "admin"):  # users are reused
+        assert first["users"][role]["id"] == second["users"][role]["id"]
+        identity = decode_token(first["users"][role]["token"], TEST_JWT_SECRET)
+        assert identity == Identity(first["users"][role]["id"], role)
+    assert first["sessionId"] != second["sessionId"]  # each run books a fresh session
+    link = first["users"]["client"]["link"]
+    assert link.startswith(f"http://127.0.0.1:8080/call/{first['sessionId']}?token=")
+    assert "link" not in first["users"]["admin"]
+
+    async def check() -> None:
+        store = SQLiteStorage(env)
+        await store.initialize()
+        try:
+            session = await store.get_session(first["sessionId"])
+            assert session is not None
+            assert (session.status, session.payment_status) == ("Confirmed", "Paid")
+            assert session.client_id == first["users"]["client"]["id"]
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+
+def test_demo_text_output(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert "/call/" in out
+    assert "curl" in out
+
+
+def test_synth_extension_point(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def missing(name: str) -> None:
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(cli.importlib, "import_module", missing)
+    assert cli.main(["synth", "--anything"]) == 2
+    assert "not available" in capsys.readouterr().err
+
+    seen: list[list[str]] = []
+
+    class FakeSynth:
+        @staticmethod
+        def main(argv: list[str]) -> int:
+            seen.append(argv)
+            return 0
+
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: FakeSynth)
+    assert cli.main(["--log-level", "DEBUG", "synth", "--x", "1", "probe", "-h"]) == 0
+    assert seen == [["--x", "1", "probe", "-h"]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(env: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smiling_relay",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield proc, port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _wait_healthy(url: str, proc: subprocess.Popen[str], deadline_s: float = 30) -> dict:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + deadline_s
+    async with aiohttp.ClientSession() as http:
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(
+                    f"server exited early: {proc.stdout.read() if proc.stdout else ''}"
+                )
+            try:
+                async with http.get(url) as resp:
+                    return dict(await resp.json())
+            except aiohttp.ClientConnectionError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)  # polling for readiness, not standing in for it
+
+
+async def test_serve_starts_and_answers(server: tuple[subprocess.Popen[str], int]) -> None:
+    proc, port = server
+    body = await _wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+    assert body == {"success": True, "data": {"status": "ok", "storage": "sqlite"}}
+    proc.terminate()
+    output, _ = proc.communicate(timeout=15)
+    assert f"serving on http://127.0.0.1:{port}" in output
+
+
+def test_serve_refuses_production_without_secret(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JWT_SECRET")
+    monkeypatch.setenv("NODE_ENV", "production")
+    result = subprocess.run(
+        [sys.executable, "-m", "smiling_relay", "serve"],
+        cwd=REPO,
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "JWT_SECRET is required in production" in result.stderr
