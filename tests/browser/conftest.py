@@ -169,8 +169,9 @@ class Browsers:
         viewport: dict[str, int] | None = None,
         **context_options: Any,
     ) -> Page:
+        size = viewport or {"width": 1280, "height": 800}
         context = await self.browser.new_context(
-            viewport=viewport or {"width": 1280, "height": 800}, **context_options
+            viewport={"width": size["width"], "height": size["height"]}, **context_options
         )
         self.contexts.append(context)
         await context.add_init_script(STATS_INIT_SCRIPT)

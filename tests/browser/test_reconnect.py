@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import subprocess
+
 import pytest
 
 from tests.browser import pages
@@ -43,3 +47,63 @@ async def test_dropped_websocket_reconnects_and_media_resumes(
     await pages.wait_frames_rising(psychologist, 15)
     await pages.wait_frames_rising(client, 15)
     await pages.wait_audio_flowing(client)
+
+
+LOCAL_ICE_PORTS = """async () => {
+  const ports = [];
+  for (const pc of window.smilingCall.peerConnections()) {
+    const report = await pc.getStats();
+    let pairId = null;
+    report.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId; });
+    const pair = pairId && report.get(pairId);
+    const local = pair && report.get(pair.localCandidateId);
+    if (local) ports.push(local.port);
+  }
+  return ports;
+}"""
+
+
+def nft(*commands: str) -> None:
+    for command in commands:
+        subprocess.run(["nft", *shlex.split(command)], check=True, capture_output=True)
+
+
+async def test_ice_failure_reconnects_on_new_connections(
+    browsers: Browsers, server: Server, booking_factory: BookingFactory
+) -> None:
+    """The client's UDP ports go dead (as on a network change) while its WebSocket stays up:
+    ICE drops, the page rebuilds its connections on fresh ports, media flows again."""
+    if shutil.which("nft") is None:
+        pytest.skip("needs nftables' `nft` to cut the client's UDP (./scripts/test installs it)")
+    booking = await booking_factory()
+    client = await browsers.page("client")
+    psychologist = await browsers.page("psychologist")
+    await psychologist.goto(
+        pages.call_url(server.base_url, booking.session.id, booking.psychologist_token)
+    )
+    await client.goto(pages.call_url(server.base_url, booking.session.id, booking.client_token))
+    await pages.wait_remote_count(client, 1)
+    await pages.wait_video_decoding(client)
+    await pages.wait_video_decoding(psychologist)
+
+    ports = await client.evaluate(LOCAL_ICE_PORTS)
+    assert len(ports) == 2, ports
+    port_set = "{ " + ", ".join(str(p) for p in ports) + " }"
+    nft(
+        "add table inet browser_test",
+        "add chain inet browser_test out { type filter hook output priority 0 ; }",
+        f"add rule inet browser_test out udp sport {port_set} drop",
+        f"add rule inet browser_test out udp dport {port_set} drop",
+    )
+    try:
+        await client.wait_for_function(
+            "window.smilingCall.log.some((e) => e.event === 'reconnect')", timeout=20000
+        )
+        await pages.wait_phase(client, "connected")
+        await client.locator("#connection-status[data-state='connected']").wait_for()
+        assert await client.evaluate("window.smilingCall.reconnects") == 1
+        assert set(await client.evaluate(LOCAL_ICE_PORTS)).isdisjoint(ports)
+        await pages.wait_frames_rising(client, 15)
+        await pages.wait_frames_rising(psychologist, 15)
+    finally:
+        nft("delete table inet browser_test")

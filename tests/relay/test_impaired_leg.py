@@ -1,0 +1,203 @@
+"""A constrained, lossy subscriber leg: still watchable video, and the publisher slows down.
+
+The impaired subscriber runs in a namespace of its own, joined to the test's namespace by a veth
+pair; its downlink (relay → subscriber) is shaped with tbf and made lossy with an nftables random
+drop (this kernel has no netem). A second, healthy subscriber must not suffer for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from relay.sfu import Relay
+from relay.stats import StreamStats
+from smiling_relay.appkeys import RELAY_KEY
+from storage.base import Storage
+from synth.client import CallClient
+from synth.tracks import PatternVideoTrack
+from tests import netns
+from tests.helpers import BookingFactory
+from tests.relay.helpers import open_room, sees
+from tests.waiting import eventually
+
+RELAY_SIDE = "10.78.0.1"
+CLIENT_SIDE = "10.78.0.2"
+DOWNLINK_KBIT = 300
+LOSS_PERCENT = 5
+
+
+@pytest.fixture
+def client_namespace() -> Iterator[str]:
+    name = f"imp{uuid.uuid4().hex[:8]}"
+    netns.ip("netns", "add", name)
+    try:
+        netns.ip("-n", name, "link", "set", "lo", "up")
+        netns.ip("link", "add", "r0", "type", "veth", "peer", "name", "c0", "netns", name)
+        netns.ip("addr", "add", f"{RELAY_SIDE}/24", "dev", "r0")
+        netns.ip("link", "set", "r0", "up")
+        netns.ip("-n", name, "addr", "add", f"{CLIENT_SIDE}/24", "dev", "c0")
+        netns.ip("-n", name, "link", "set", "c0", "up")
+        yield name
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", "impair"], capture_output=True)
+        subprocess.run(["ip", "link", "del", "r0"], capture_output=True)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def impair_downlink() -> None:
+    subprocess.run(
+        ["tc", "qdisc", "add", "dev", "r0", "root", "tbf", "rate", f"{DOWNLINK_KBIT}kbit",
+         "burst", "16kbit", "latency", "150ms"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    rules = (
+        "table inet impair {\n chain out {\n"
+        "  type filter hook output priority 0; policy accept;\n"
+        f"  ip daddr {CLIENT_SIDE} meta l4proto udp numgen random mod 100 < {LOSS_PERCENT} drop\n"
+        " }\n}\n"
+    )
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, capture_output=True)
+
+
+async def received_bitrate(stats: StreamStats, window: float = 2.0) -> float:
+    """Bits per second a stream carried over the next `window` seconds (a measurement window)."""
+    loop = asyncio.get_running_loop()
+    start_bytes, start = stats.bytes, loop.time()
+    await asyncio.sleep(window)
+    return (stats.bytes - start_bytes) * 8 / (loop.time() - start)
+
+
+@dataclass
+class RemoteViewer:
+    """A CallClient living in another namespace, on its own thread and event loop."""
+
+    namespace: str
+    base_url: str
+    token: str
+    room_id: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    joined: threading.Event = field(default_factory=threading.Event)
+    client: CallClient | None = None
+    error: BaseException | None = None
+
+    def run(self) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{self.namespace}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, netns.CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns failed")
+        finally:
+            os.close(fd)
+        try:
+            asyncio.run(self._call())
+        except BaseException as exc:  # reported to the test thread
+            self.error = exc
+            self.joined.set()
+
+    async def _call(self) -> None:
+        self.client = CallClient(self.base_url, self.token)
+        try:
+            await self.client.connect()
+            await self.client.join(self.room_id)
+            self.joined.set()
+            while not self.stop.is_set():
+                await asyncio.sleep(0.1)  # the test thread decides when the call ends
+        finally:
+            await self.client.close()
+
+    def video_probe(self, socket_id: str | None) -> Any:
+        return self.client.video_from(socket_id or "") if self.client else None
+
+
+async def test_lossy_constrained_subscriber_gets_video_and_the_publisher_slows_down(
+    client_namespace: str,
+    storage: Storage,
+    make_app: Any,
+    aiohttp_server: Any,
+    booking_factory: BookingFactory,
+) -> None:
+    server: TestServer = await aiohttp_server(make_app(), host="0.0.0.0")
+    relay: Relay = server.app[RELAY_KEY]
+    booking = await booking_factory()
+    room_id = await open_room(storage, booking)
+
+    publisher = CallClient(f"http://127.0.0.1:{server.port}", booking.client_token)
+    healthy = CallClient(f"http://127.0.0.1:{server.port}", booking.admin_token)
+    viewer = RemoteViewer(
+        client_namespace, f"http://{RELAY_SIDE}:{server.port}", booking.psychologist_token, room_id
+    )
+    thread = threading.Thread(target=viewer.run, name="impaired-viewer")
+    try:
+        await publisher.connect()
+        await publisher.join(room_id)
+        await publisher.publish(PatternVideoTrack(source_id=5, width=640, height=480, fps=30))
+        await healthy.connect()
+        await healthy.join(room_id)
+        await sees(healthy, publisher, source_id=5)
+
+        video = next(p for p in relay.rooms[room_id].participants[publisher.socket_id or ""]
+                     .producers.values() if p.kind == "video")  # fmt: skip
+        await eventually(lambda: video.stats.remb_bps is not None, "a first REMB", timeout=10)
+        unconstrained_remb = video.stats.remb_bps or 0
+        unconstrained_rate = await received_bitrate(video.stats)
+
+        impair_downlink()
+        thread.start()
+        await asyncio.to_thread(viewer.joined.wait, 20)
+        assert viewer.error is None, viewer.error
+        await eventually(
+            lambda: viewer.video_probe(publisher.socket_id) is not None,
+            "the impaired viewer's track",
+        )
+        lossy = viewer.video_probe(publisher.socket_id)
+        await lossy.wait_for_frames(30, 30, intact=True)
+
+        lossy_leg = next(
+            f.forwarder
+            for p in relay.rooms[room_id].participants.values()
+            if p.info.user_id == booking.psychologist.id
+            for f in p.slots
+            if f.forwarder.kind == "video"
+        )
+        await eventually(lambda: lossy_leg.stats.retransmits > 0, "NACK-driven resends", 20)
+        await eventually(
+            lambda: (lossy_leg.stats.remb_bps or 1e9) < DOWNLINK_KBIT * 1000,
+            "the constrained viewer's estimate to fall below its link rate",
+            30,
+        )
+        await eventually(
+            lambda: (video.stats.remb_bps or 1e9) < min(unconstrained_remb, DOWNLINK_KBIT * 1000),
+            "the REMB sent to the publisher to follow the weakest viewer",
+            10,
+        )
+        # the publisher's encoder follows the REMB: what reaches the relay drops
+        deadline = asyncio.get_running_loop().time() + 20
+        rate = await received_bitrate(video.stats)
+        while rate > 0.8 * unconstrained_rate and asyncio.get_running_loop().time() < deadline:
+            rate = await received_bitrate(video.stats)
+        assert rate <= 0.8 * unconstrained_rate, (unconstrained_rate, rate)
+        # still watchable: pictures keep arriving intact on the lossy leg
+        await lossy.wait_for_more_frames(30, 20)
+        # and the healthy viewer is untouched by its neighbour's losses
+        healthy_probe = healthy.video_from(publisher.socket_id or "")
+        assert healthy_probe is not None
+        freezes_before = len(healthy_probe.freezes)
+        await healthy_probe.wait_for_more_frames(60, 20)
+        assert len(healthy_probe.freezes) == freezes_before
+    finally:
+        viewer.stop.set()
+        if thread.is_alive():
+            await asyncio.to_thread(thread.join, 20)
+        await publisher.close()
+        await healthy.close()
