@@ -305,6 +305,7 @@ async def check_bitrates(
         f"relay out to the other {relay_out.get(other[sid])}"
         for sid in peers
     ]
+    print("\n".join(report))  # shown with -s, and on failure
     for sid in peers:
         assert peer_sent[sid] > 50_000, report
         assert within(relay_in[sid], peer_sent[sid]), report

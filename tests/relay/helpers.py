@@ -35,3 +35,13 @@ async def sees(viewer: CallClient, publisher: CallClient, source_id: int, frames
     await probe.wait_for_source(source_id, 15)
     await probe.wait_for_more_frames(frames, 15)
     assert probe.last_info is not None and probe.last_info.source_id == source_id
+
+
+async def hears(listener: CallClient, speaker: CallClient, marks: int = 3) -> list[float]:
+    """`listener` detects `marks` timing marks in `speaker`'s audio; returns latencies (ms)."""
+    socket_id = speaker.socket_id or ""
+    await listener.wait_until(lambda: listener.audio_from(socket_id) is not None, "an audio track")
+    probe = listener.audio_from(socket_id)
+    assert probe is not None
+    await probe.wait_for_marks(marks, 10)
+    return list(probe.mark_latencies_ms)

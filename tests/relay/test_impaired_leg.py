@@ -111,8 +111,7 @@ class RemoteViewer:
             await self.client.connect()
             await self.client.join(self.room_id)
             self.joined.set()
-            while not self.stop.is_set():
-                await asyncio.sleep(0.1)  # the test thread decides when the call ends
+            await asyncio.to_thread(self.stop.wait)  # the test thread decides when the call ends
         finally:
             await self.client.close()
 
