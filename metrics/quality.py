@@ -299,7 +299,6 @@ class _StreamTrack:
 class _GroupTrack:
     """One participant's traffic in one direction (all their streams of that direction)."""
 
-    media_start: float | None = None
     min_bps: float | None = None
 
 
@@ -332,13 +331,8 @@ class _CallTrack:
             gid = (sample.participant, s.direction)
             total, flowing = deltas.get(gid, (0, False))
             deltas[gid] = (total + d_bytes, flowing or was_flowing)
-            group = self.groups.get(gid)
-            if group is None:
-                group = self.groups[gid] = _GroupTrack()
-            if group.media_start is None and track.media_start is not None:
-                group.media_start = track.media_start
-            elif track.media_start is not None and group.media_start is not None:
-                group.media_start = min(group.media_start, track.media_start)
+            if gid not in self.groups:
+                self.groups[gid] = _GroupTrack()
         if not final:
             dt = now - self.last_seen if self.passes else 0.0
             if dt >= MIN_INTERVAL_SECONDS:
@@ -385,7 +379,9 @@ class QualitySampler:
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
         self._calls: dict[str, _CallTrack] = {}
-        self._finished: dict[str, float] = {}  # call → when it was finished (monotonic)
+        # Calls summarised at shutdown: the relay's own CallClosed for them comes later and
+        # must not produce a second summary.
+        self._interrupted: set[str] = set()
 
     @property
     def calls(self) -> list[str]:
@@ -397,8 +393,6 @@ class QualitySampler:
         for sample in samples:
             by_call.setdefault(sample.call, []).append(sample)
         for call, call_samples in by_call.items():
-            if call in self._finished:
-                continue  # closed already; the relay may still list it for an instant
             track = self._calls.get(call)
             if track is None:
                 first = min(s.stats.started_at for s in call_samples)
@@ -411,13 +405,13 @@ class QualitySampler:
             track.update(call_samples, now)
         for call in [c for c, t in self._calls.items() if now - t.last_seen > STALE_CALL_SECONDS]:
             del self._calls[call]
-        for call in [c for c, t in self._finished.items() if now - t > STALE_CALL_SECONDS]:
-            del self._finished[call]
 
-    def finish(self, closed: CallClosed, now: float) -> dict[str, Any]:
-        """The summary document of a call the relay has torn down."""
+    def finish(self, closed: CallClosed, now: float) -> dict[str, Any] | None:
+        """The summary document of a call the relay has torn down (None if it was already
+        summarised by `finish_interrupted`)."""
+        if closed.call in self._interrupted:
+            return None
         track = self._calls.pop(closed.call, None)
-        self._finished[closed.call] = now
         if track is None:
             first = min((s.stats.started_at for s in closed.samples), default=now)
             track = _CallTrack(
@@ -441,7 +435,7 @@ class QualitySampler:
         track = self._calls.pop(call, None)
         if track is None:
             return None
-        self._finished[call] = now
+        self._interrupted.add(call)
         return build_summary(
             track,
             opened_at_wall=track.wall_first_seen,

@@ -1,7 +1,8 @@
 """Admin endpoints over the stored quality data (admin role only, the API's error envelope).
 
 GET /api/admin/metrics/calls/{roomId}
-    the end-of-call summary of one call
+    the end-of-call summaries of the calls held in that room, oldest first (a room normally
+    hosts one call; more when everyone left and came back)
 GET /api/admin/metrics/aggregates?period=hourly|daily&from=ISO&to=ISO
     the hourly or daily aggregates whose period starts in [from, to)
     (defaults: the last 24 hours for hourly, the last 30 days for daily)
@@ -68,9 +69,9 @@ async def call_summary(request: web.Request) -> web.StreamResponse:
         store = metrics.store()
         if store is None:
             raise ApiError(503, STORAGE_UNAVAILABLE, "Storage is not configured")
-        doc = await store.get_call_metrics({"period": "call", "roomId": room_id})
-        if doc is None:
-            active = room_id in metrics.sampler.calls
+        docs = await store.find_call_metrics({"period": "call", "roomId": room_id}, limit=100)
+        active = room_id in metrics.sampler.calls
+        if not docs:
             raise ApiError(
                 404,
                 CALL_METRICS_NOT_FOUND,
@@ -78,7 +79,8 @@ async def call_summary(request: web.Request) -> web.StreamResponse:
                 + (" yet: it is still in progress" if active else ""),
                 {"roomId": room_id, "active": active},
             )
-        return ok(_jsonable(doc))
+        docs.sort(key=lambda d: d["startedAt"])
+        return ok({"roomId": room_id, "active": active, "calls": _jsonable(docs)})
     except ApiError as exc:
         return api_error_response(exc, now=_now(request))
 

@@ -42,6 +42,11 @@ ERROR_FLUSH_INTERVAL = 60.0
 SHUTDOWN_WRITE_TIMEOUT = 10.0
 
 
+def summary_key(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """One document per call: a room id can host several calls (everyone left, then rejoined)."""
+    return {"period": "call", "roomId": summary["roomId"], "startedAt": summary["startedAt"]}
+
+
 class Metrics:
     """Everything metrics keeps per app (stored at METRICS_KEY)."""
 
@@ -120,6 +125,8 @@ class Metrics:
         except Exception:
             log.exception("summarising call %s failed", closed.call)
             return
+        if summary is None:
+            return
         self._observe_summary(summary)
         self._spawn_write(summary)
 
@@ -148,9 +155,7 @@ class Metrics:
             return
         try:
             user_ids = await self._participant_users(store, summary)
-            await store.upsert_call_metrics(
-                {"period": "call", "roomId": summary["roomId"]}, values=summary
-            )
+            await store.upsert_call_metrics(summary_key(summary), values=summary)
             await self.aggregates.record_call(summary, user_ids)
         except Exception:
             self.instruments.call_summaries.labels("failed").inc()

@@ -34,7 +34,7 @@ apt_install() {
 
 # ensure_venv EXTRAS: create/refresh .venv and install the project (editable) with EXTRAS.
 ensure_venv() {
-  local extras="$1" python stamp want
+  local extras="$1" python stamp hash
   python="$(find_python)"
   if [[ ! -x .venv/bin/python ]] || ! .venv/bin/python -c 'import sys' 2>/dev/null; then
     echo "==> creating .venv with $python"
@@ -47,12 +47,16 @@ ensure_venv() {
       "$python" -m venv .venv
     fi
   fi
-  # Reinstall only when the dependency declaration changed (or the extras did).
-  stamp=".venv/.smiling-relay-installed"
-  want="$(sha256sum pyproject.toml | cut -d' ' -f1) $extras"
-  if [[ ! -f "$stamp" ]] || [[ "$(cat "$stamp")" != "$want" ]]; then
+  # Reinstall only when the dependency declaration changed. A stamp per extras set; the
+  # test install also satisfies a plain one.
+  hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+  stamp=".venv/.smiling-relay-installed${extras:+-$extras}"
+  if [[ -z "$extras" ]] && [[ "$(cat .venv/.smiling-relay-installed-test 2>/dev/null)" == "$hash" ]]; then
+    return 0
+  fi
+  if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then
     echo "==> installing smiling-relay${extras:+[$extras]} into .venv"
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
-    echo "$want" >"$stamp"
+    echo "$hash" >"$stamp"
   fi
 }

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from smiling_relay.app import create_app
+from smiling_relay.config import Config
 from storage.base import Storage, format_datetime
+from storage.mongo import MongoStorage
 from tests.conftest import MakeClient
 from tests.helpers import (
     ADMIN_ID,
@@ -452,3 +456,50 @@ async def test_admin_without_user_record_can_act(
     await data_of(
         await client.post(f"/api/video-calls/start/{b.session.id}", headers=auth_headers(token))
     )
+
+
+async def test_api_over_mongodb_backend(
+    aiohttp_client: Any, config: Config, make_token: TokenFactory, clock: FakeClock
+) -> None:
+    """The same API over the MongoDB backend (mongomock-motor), on a platform-shaped booking."""
+    from bson import ObjectId
+    from mongomock_motor import AsyncMongoMockClient
+
+    db: Any = AsyncMongoMockClient()["smiling-steps"]
+    client_id, psych_id, session_id = ObjectId(), ObjectId(), ObjectId()
+    await db["users"].insert_many(
+        [
+            {"_id": client_id, "name": "Jane", "email": "jane@x.test", "role": "client"},
+            {"_id": psych_id, "name": "Dr. Smith", "email": "smith@x.test", "role": "psychologist"},
+        ]
+    )
+    await db["sessions"].insert_one(
+        {
+            "_id": session_id,
+            "client": client_id,
+            "psychologist": psych_id,
+            "sessionType": "Individual",
+            "sessionDate": clock() + timedelta(minutes=3),
+            "status": "Confirmed",
+            "paymentStatus": "completed",
+        }
+    )
+    store = MongoStorage(db, clock=clock)
+    http = await aiohttp_client(create_app(config, store))
+    headers = auth_headers(make_token(str(client_id), "client"))
+    room = await data_of(
+        await http.post(f"/api/video-calls/generate-room/{session_id}", headers=headers)
+    )
+    assert room["participants"]["psychologist"]["name"] == "Dr. Smith"
+    await data_of(await http.post(f"/api/video-calls/start/{session_id}", headers=headers))
+    clock.advance(minutes=30)
+    ended = await data_of(await http.post(f"/api/video-calls/end/{session_id}", headers=headers))
+    assert ended["duration"] == 30
+    raw = await db["sessions"].find_one({"_id": session_id})
+    assert (raw["meetingLink"], raw["status"], raw["callDuration"]) == (
+        room["roomId"],
+        "Completed",
+        30,
+    )
+    assert await db["videocallauditlogs"].count_documents({"sessionId": session_id}) == 3
+    await http.close()

@@ -5,12 +5,16 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.browser import pages
 from tests.browser.conftest import Browsers, Server
 from tests.helpers import BookingFactory
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 pytestmark = [pytest.mark.browser, pytest.mark.netns, pytest.mark.media]
 
@@ -50,14 +54,29 @@ async def test_dropped_websocket_reconnects_and_media_resumes(
 
 
 LOCAL_ICE_PORTS = """async () => {
+  // Every UDP port the page's ICE agents use (all host candidates, not only the selected pair:
+  // with two addresses Chromium would otherwise fail over to another pair).
   const ports = [];
   for (const pc of window.smilingCall.peerConnections()) {
     const report = await pc.getStats();
-    let pairId = null;
-    report.forEach((s) => { if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId; });
-    const pair = pairId && report.get(pairId);
-    const local = pair && report.get(pair.localCandidateId);
-    if (local) ports.push(local.port);
+    report.forEach((s) => {
+      if (s.type === "local-candidate" && s.protocol === "udp") ports.push(s.port);
+    });
+  }
+  return ports;
+}"""
+
+
+SELECTED_ICE_PORTS = """async () => {
+  const ports = [];
+  for (const pc of window.smilingCall.peerConnections()) {
+    const report = await pc.getStats();
+    report.forEach((s) => {
+      if (s.type !== "transport" || !s.selectedCandidatePairId) return;
+      const pair = report.get(s.selectedCandidatePairId);
+      const local = pair && report.get(pair.localCandidateId);
+      if (local) ports.push(local.port);
+    });
   }
   return ports;
 }"""
@@ -68,13 +87,23 @@ def nft(*commands: str) -> None:
         subprocess.run(["nft", *shlex.split(command)], check=True, capture_output=True)
 
 
-async def test_ice_failure_reconnects_on_new_connections(
+def block_udp_ports(ports: list[int]) -> None:
+    port_set = "{ " + ", ".join(str(p) for p in sorted(set(ports))) + " }"
+    nft(
+        "add table inet browser_test",
+        "add chain inet browser_test out { type filter hook output priority 0 ; }",
+        f"add rule inet browser_test out udp sport {port_set} drop",
+        f"add rule inet browser_test out udp dport {port_set} drop",
+    )
+
+
+def unblock() -> None:
+    nft("delete table inet browser_test")
+
+
+async def start_call(
     browsers: Browsers, server: Server, booking_factory: BookingFactory
-) -> None:
-    """The client's UDP ports go dead (as on a network change) while its WebSocket stays up:
-    ICE drops, the page rebuilds its connections on fresh ports, media flows again."""
-    if shutil.which("nft") is None:
-        pytest.skip("needs nftables' `nft` to cut the client's UDP (./scripts/test installs it)")
+) -> tuple[Page, Page]:
     booking = await booking_factory()
     client = await browsers.page("client")
     psychologist = await browsers.page("psychologist")
@@ -82,19 +111,28 @@ async def test_ice_failure_reconnects_on_new_connections(
         pages.call_url(server.base_url, booking.session.id, booking.psychologist_token)
     )
     await client.goto(pages.call_url(server.base_url, booking.session.id, booking.client_token))
+    await pages.wait_phase(client, "connected")
     await pages.wait_remote_count(client, 1)
     await pages.wait_video_decoding(client)
     await pages.wait_video_decoding(psychologist)
+    return client, psychologist
 
+
+def need_nft() -> None:
+    if shutil.which("nft") is None:
+        pytest.skip("needs nftables' `nft` to cut the client's UDP (./scripts/test installs it)")
+
+
+async def test_ice_failure_reconnects_on_new_connections(
+    browsers: Browsers, server: Server, booking_factory: BookingFactory
+) -> None:
+    """The client's UDP ports go dead (as on a network change) while its WebSocket stays up:
+    ICE drops, the page rebuilds its connections on fresh ports, media flows again."""
+    need_nft()
+    client, psychologist = await start_call(browsers, server, booking_factory)
     ports = await client.evaluate(LOCAL_ICE_PORTS)
-    assert len(ports) == 2, ports
-    port_set = "{ " + ", ".join(str(p) for p in ports) + " }"
-    nft(
-        "add table inet browser_test",
-        "add chain inet browser_test out { type filter hook output priority 0 ; }",
-        f"add rule inet browser_test out udp sport {port_set} drop",
-        f"add rule inet browser_test out udp dport {port_set} drop",
-    )
+    assert len(ports) >= 2, ports
+    block_udp_ports(ports)
     try:
         await client.wait_for_function(
             "window.smilingCall.log.some((e) => e.event === 'reconnect')", timeout=20000
@@ -106,4 +144,21 @@ async def test_ice_failure_reconnects_on_new_connections(
         await pages.wait_frames_rising(client, 15)
         await pages.wait_frames_rising(psychologist, 15)
     finally:
-        nft("delete table inet browser_test")
+        unblock()
+
+
+async def test_switched_network_path_gets_media_back(
+    browsers: Browsers, server: Server, booking_factory: BookingFactory
+) -> None:
+    """Only the path in use dies: Chromium's ICE moves to another candidate pair and stays
+    "connected". Media must come back — by the relay following the switch, or by the page's
+    watchdog (nothing received for a while) rebuilding the connections."""
+    need_nft()
+    client, psychologist = await start_call(browsers, server, booking_factory)
+    block_udp_ports(await client.evaluate(SELECTED_ICE_PORTS))
+    try:
+        await pages.wait_frames_rising(client, 30, within_ms=35000)
+        await pages.wait_frames_rising(psychologist, 30, within_ms=15000)
+        assert await pages.phase(client) == "connected"
+    finally:
+        unblock()

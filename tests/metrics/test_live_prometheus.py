@@ -132,14 +132,12 @@ scrape_configs:
 """
     )
     log = (tmp_path / "prometheus.log").open("w")
-    process = subprocess.Popen(
-        [
-            PROMETHEUS,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
+    process = await asyncio.create_subprocess_exec(
+        PROMETHEUS,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -148,7 +146,7 @@ scrape_configs:
     try:
 
         async def ready() -> bool:
-            assert process.poll() is None, (tmp_path / "prometheus.log").read_text()
+            assert process.returncode is None, (tmp_path / "prometheus.log").read_text()
             try:
                 async with session.get(f"{prom.url}/-/ready") as resp:
                     return resp.status == 200
@@ -161,10 +159,10 @@ scrape_configs:
         await session.close()
         process.terminate()
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(process.wait(), 10)
+        except TimeoutError:
             process.kill()
-            process.wait()
+            await process.wait()
         log.close()
 
 
@@ -216,9 +214,11 @@ async def test_dashboard_queries_against_a_live_call(
         await sees(bob, alice, 1)
         await sees(alice, bob, 2)
         # A REST error, so the error panels have a non-zero series too.
-        async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}/api/video-calls/can-join/not-an-id") as resp:
-                assert resp.status in (400, 401)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{base}/api/video-calls/can-join/not-an-id") as resp,
+        ):
+            assert resp.status in (400, 401)
 
         # Wait until the rate() windows are populated: several scrapes with media for the call.
         bytes_in = f'smiling_relay_stream_bytes_total{{call="{room}", direction="in"}}'
@@ -314,9 +314,11 @@ async def check_bitrates(
 
 async def check_series_gone(prometheus: Prometheus, server: TestServer, room: str) -> None:
     async def gone_from_metrics() -> bool:
-        async with aiohttp.ClientSession() as http:
-            async with http.get(server.make_url("/metrics")) as resp:
-                text = await resp.text()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(server.make_url("/metrics")) as resp,
+        ):
+            text = await resp.text()
         return f'call="{room}"' not in text
 
     await until(gone_from_metrics, "the call's series to leave /metrics")
@@ -335,8 +337,8 @@ async def check_series_gone(prometheus: Prometheus, server: TestServer, room: st
 
 
 async def check_summary(storage: Storage, prometheus: Prometheus, room: str) -> None:
-    doc = await until(
-        lambda: storage.get_call_metrics({"period": "call", "roomId": room}),
+    (doc,) = await until(
+        lambda: storage.find_call_metrics({"period": "call", "roomId": room}),
         "the end-of-call summary",
     )
     assert doc["completed"] is True

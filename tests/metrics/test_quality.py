@@ -40,7 +40,9 @@ def close(
         setup_times=setup,
         samples=final,
     )
-    return sampler.finish(event, t)
+    summary = sampler.finish(event, t)
+    assert summary is not None
+    return summary
 
 
 # -- E-model ---------------------------------------------------------------------------------
@@ -313,3 +315,17 @@ def test_interrupted_call_summary(fake_relay: FakeRelay) -> None:
     assert summary["completed"] is None
     assert summary["durationSeconds"] == pytest.approx(2.0)
     assert sampler.finish_interrupted("room-i", T0 + 3, WALL0 + 3) is None
+    # The relay's own close event after shutdown must not produce a second summary.
+    closed = CallClosed("room-i", WALL0, WALL0 + 3, 1, (), tuple(fake_relay.samples))
+    assert sampler.finish(closed, T0 + 3) is None
+
+
+def test_a_room_used_again_gets_a_second_summary(fake_relay: FakeRelay) -> None:
+    sampler = QualitySampler()
+    for start in (T0, T0 + 100):
+        s = fake_relay.add("room-again", "A", "audio", "in", started_at=start)
+        observe(sampler, fake_relay, start)
+        s.bytes, s.packets = 4000, 50
+        observe(sampler, fake_relay, start + 1)
+        summary = close(sampler, fake_relay, "room-again", start + 2)
+        assert summary["bitrate"]["in"]["avgBps"] == pytest.approx(4000 * 8)

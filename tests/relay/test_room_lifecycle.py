@@ -139,6 +139,12 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def _own_threads() -> int:
+    """Threads that belong to calls (decoders…), not the executors' pooled workers."""
+    pooled = ("ThreadPoolExecutor", "asyncio_")
+    return sum(1 for t in threading.enumerate() if not t.name.startswith(pooled))
+
+
 async def test_churn_leaks_no_rooms_tasks_sockets_or_threads(
     booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker, relay: Relay
 ) -> None:
@@ -157,17 +163,17 @@ async def test_churn_leaks_no_rooms_tasks_sockets_or_threads(
 
     await one_call()  # warm-up: first-use allocations are not leaks
     await asyncio.sleep(0)
-    baseline = (len(asyncio.all_tasks()), _open_fds(), threading.active_count())
+    baseline = (len(asyncio.all_tasks()), _open_fds(), _own_threads())
     for _ in range(6):
         await one_call()
     # aiortc/aioice tear down some tasks and sockets asynchronously: allow them to finish
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        now = (len(asyncio.all_tasks()), _open_fds(), threading.active_count())
+        now = (len(asyncio.all_tasks()), _open_fds(), _own_threads())
         if all(n <= b for n, b in zip(now, baseline, strict=True)):
             break
         await asyncio.sleep(0.2)
-    tasks, fds, threads = len(asyncio.all_tasks()), _open_fds(), threading.active_count()
+    tasks, fds, threads = len(asyncio.all_tasks()), _open_fds(), _own_threads()
     assert relay.rooms == {}
     assert tasks <= baseline[0], f"tasks grew from {baseline[0]} to {tasks}"
     assert fds <= baseline[1], f"open file descriptors grew from {baseline[1]} to {fds}"

@@ -18,7 +18,11 @@ const JOIN_EARLY_MINUTES = 15;
 const RECHECK_MS = 30000;
 const RECONNECT_BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000, 20000];
 const RECONNECT_GIVE_UP_MS = 120000;
-const ICE_DISCONNECTED_GRACE_MS = 5000;
+const ICE_DISCONNECTED_GRACE_MS = 3000;
+// Nothing at all received from participants who say they are sending, while ICE claims to be
+// connected (e.g. the browser switched to another network path the relay doesn't follow).
+const MEDIA_STALL_MS = 12000;
+const MEDIA_STALL_MIN_INTERVAL_MS = 60000;
 const PUBLISHER_CONNECT_TIMEOUT_MS = 15000;
 
 export const ROLE_LABELS = { client: "Client", psychologist: "Psychologist", admin: "Admin" };
@@ -80,7 +84,12 @@ export class CallSession extends Emitter {
       () => [this.publisher?.pc, this.subscriber?.pc],
       () => [...this.participants.values()].some((p) => p.media?.video !== false && p.tracks?.video),
     );
-    this.quality.on("sample", (q) => this.emit("quality", q));
+    this.quality.on("sample", (q) => {
+      this._watchInboundMedia(q);
+      this.emit("quality", q);
+    });
+    this._inbound = { packets: -1, since: 0 };
+    this._lastStallReconnect = 0;
     this.media.on("change", () => this._onLocalMediaChange());
     this.media.on("video-track", (track) => void this.publisher?.setVideoTrack(track));
   }
@@ -300,6 +309,7 @@ export class CallSession extends Emitter {
 
   _onIceState(which, state, generation) {
     if (generation !== this._generation) return;
+    this._log.push({ at: Date.now(), event: "ice", which, state });
     this.emit("ice", { which, state });
     clearTimeout(this._disconnectTimers.get(which));
     if (state === "failed") {
@@ -380,11 +390,19 @@ export class CallSession extends Emitter {
     if (this.phase === "failed" && !this._reconnecting) void this._reconnectLoop();
   }
 
+  /** POST start once both sides are in (first start wins on the server; both sides call it). */
   _maybeStartCall() {
     if (this._startRequested || this.phase !== "connected" || this.participants.size === 0) return;
     this._startRequested = true;
-    this.api.start(this.sessionId).then(
-      (result) => {
+    void this._startCall();
+  }
+
+  async _startCall() {
+    for (const wait of [0, 2000, 5000, 10000]) {
+      if (wait) await delay(wait);
+      if (this.phase === "ending" || this.phase === "ended" || this.phase === "error") return;
+      try {
+        const result = await this.api.start(this.sessionId);
         const serverStart = parseDate(result?.session?.videoCallStarted);
         // Align the timer with the server's start time, so both sides show the same duration.
         const started = serverStart && new Date(serverStart.getTime() + this.clockSkewMs);
@@ -392,11 +410,16 @@ export class CallSession extends Emitter {
           this.startedAt = started;
           this.emit("timer", this.startedAt);
         }
-      },
-      (err) => {
-        console.warn("[smiling] start call:", err);
-      },
-    );
+        return;
+      } catch (err) {
+        console.warn("[smiling] start call:", err.code, err.message);
+        // A refusal (e.g. CALL_ALREADY_ENDED) is final; a network hiccup is retried.
+        if (!["SERVER_UNREACHABLE", "INTERNAL_ERROR", "RATE_LIMITED", "SERVICE_UNAVAILABLE"].includes(err.code)) {
+          return;
+        }
+      }
+    }
+    this._startRequested = false; // try again on the next join or reconnect
   }
 
   // ---------------------------------------------------------------- controls
@@ -480,6 +503,28 @@ export class CallSession extends Emitter {
   }
 
   // ---------------------------------------------------------------- helpers
+
+  /** Reconnect when media stopped arriving although ICE says the connection is fine. */
+  _watchInboundMedia(sample) {
+    const now = Date.now();
+    const sending = [...this.participants.values()].some(
+      (p) => (p.tracks?.audio || p.tracks?.video) && (p.media?.audio || p.media?.video),
+    );
+    const packets = sample.packetsReceived ?? 0;
+    if (!sending || this.phase !== "connected" || this.subscriber?.state !== "connected") {
+      this._inbound = { packets, since: now };
+      return;
+    }
+    if (packets !== this._inbound.packets) {
+      this._inbound = { packets, since: now };
+      return;
+    }
+    if (now - this._inbound.since >= MEDIA_STALL_MS && now - this._lastStallReconnect >= MEDIA_STALL_MIN_INTERVAL_MS) {
+      this._lastStallReconnect = now;
+      this._inbound = { packets: -1, since: now };
+      void this._reconnect("no media received");
+    }
+  }
 
   _teardownConnections() {
     this._generation += 1;

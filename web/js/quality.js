@@ -93,8 +93,8 @@ export class QualityMonitor extends Emitter {
   async sample() {
     const pcs = this.getPeerConnections().filter((pc) => pc && pc.connectionState !== "closed");
     if (!pcs.length) return this.latest;
-    const [pub, sub] = await Promise.all(pcs.map((pc) => pc.getStats().then(summarize, () => null)));
-    const parts = [pub, sub].filter(Boolean);
+    const reports = await Promise.all(pcs.map((pc) => pc.getStats().then(summarize, () => null)));
+    const parts = reports.filter(Boolean);
     const now = performance.now();
     const total = {
       at: now,
@@ -121,10 +121,19 @@ export class QualityMonitor extends Emitter {
       upKbps = Math.max(0, (8 * (total.outboundBytes - prev.outboundBytes)) / 1000 / seconds);
       inboundVideoKbps = Math.max(0, (8 * (total.inboundVideoBytes - prev.inboundVideoBytes)) / 1000 / seconds);
     }
-    const remoteLoss = pub?.remoteLossFraction;
-    if (remoteLoss != null) lossPct = Math.max(lossPct ?? 0, remoteLoss * 100);
+    const remoteLosses = parts.map((p) => p.remoteLossFraction).filter((v) => v != null);
+    if (remoteLosses.length) lossPct = Math.max(lossPct ?? 0, ...remoteLosses.map((f) => f * 100));
     const level = rateQuality({ rttMs, lossPct, inboundVideoKbps, expectingVideo: this.expectingVideo() });
-    this.latest = { level, rttMs, lossPct, downKbps, upKbps, inboundVideoKbps };
+    this.latest = {
+      level,
+      rttMs,
+      lossPct,
+      downKbps,
+      upKbps,
+      inboundVideoKbps,
+      packetsReceived: total.packetsReceived,
+      framesDecoded: sum(parts, "framesDecoded"),
+    };
     this.emit("sample", this.latest);
     return this.latest;
   }
