@@ -28,6 +28,8 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpReceiver, RTCRtpSe
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
 
+from relay import ice as relay_ice
+
 SUPPORTED_AIORTC = "1.16.0"
 SUPPORTED_AIOICE = "0.13.0"
 
@@ -54,6 +56,7 @@ def self_test() -> None:
     ):
         problems += [f"{owner.__name__}.{n} is missing" for n in names if not hasattr(owner, n)]
     problems += _instance_problems()
+    problems += relay_ice.internals_problems()
     if problems:
         raise AiortcInternalsChanged(
             "the relay's aiortc adapter does not match the installed aiortc: " + "; ".join(problems)
@@ -88,13 +91,21 @@ class MediaTransport:
     handed to `on_rtp`/`on_rtcp` from the socket callback.
     """
 
-    __slots__ = ("_connection", "_original_data_received", "dtls", "on_rtcp", "on_rtp")
+    __slots__ = (
+        "_connection",
+        "_original_data_received",
+        "dtls",
+        "last_rtcp_at",
+        "on_rtcp",
+        "on_rtp",
+    )
 
     def __init__(self, dtls: RTCDtlsTransport) -> None:
         self.dtls = dtls
         self._connection: Any = dtls.transport._connection
         self.on_rtp: RtpHandler | None = None
         self.on_rtcp: RtcpHandler | None = None
+        self.last_rtcp_at: float | None = None  # a live client sends RTCP every second or so
         self._original_data_received = self._connection.data_received
         self._connection.data_received = self._data_received  # type: ignore[method-assign]
         # aiortc's idle senders must not send their own (empty) sender reports
@@ -127,6 +138,7 @@ class MediaTransport:
             arrival = asyncio.get_running_loop().time()
             try:
                 if 191 < data[1] < 224:  # RTCP packet types 192..223 (RFC 5761)
+                    self.last_rtcp_at = arrival
                     if self.on_rtcp is not None:
                         self.on_rtcp(srtp.unprotect_rtcp(data))
                 elif self.on_rtp is not None:

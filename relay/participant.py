@@ -31,6 +31,7 @@ from aiortc.rtp import (
 from aiortc.sdp import candidate_from_sdp
 
 from relay import aiortc_adapter
+from relay import ice as relay_ice
 from relay.aiortc_adapter import IdleTrack, MediaTransport
 from relay.forwarder import Forwarder, SendParameters
 from relay.negotiation import (
@@ -426,6 +427,7 @@ class Participant:
 
     def _new_connection(self, role: str) -> RTCPeerConnection:
         pc = RTCPeerConnection(self._relay.settings.rtc_configuration())
+        relay_ice.restrict_gathering(pc, self._relay.settings)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -455,6 +457,10 @@ class Participant:
     def rtcp_tick(self) -> None:
         """Periodic RTCP: receiver reports and REMB to the publisher, sender reports to us."""
         now = self._relay.clock()
+        if self._silent_since(now) > self._relay.settings.silence_timeout:
+            self._relay.stats.connection_failures["timeout"] += 1
+            self.room.drop(self, "timeout")
+            return
         reports = [r for p in self.producers.values() if (r := p.receiver_report(now))]
         if reports and self._publisher_transport is not None:
             rtcp_ssrc = self._publisher_rtcp_ssrc()
@@ -474,6 +480,15 @@ class Participant:
             if arrivals:
                 self.first_media_at = min(arrivals)
                 self._relay.stats.setup_time.observe(max(self.first_media_at - self.joined_at, 0))
+
+    def _silent_since(self, now: float) -> float:
+        """Seconds since the client last sent RTCP on any connection (0 before the first)."""
+        heard = [
+            t.last_rtcp_at
+            for t in (self._publisher_transport, self._subscriber_transport)
+            if t is not None and t.last_rtcp_at is not None
+        ]
+        return now - max(heard) if heard else 0.0
 
     def _publisher_rtcp_ssrc(self) -> int:
         pc = self._publisher_pc
@@ -522,7 +537,9 @@ def _parse_rtcp(data: bytes) -> list[AnyRtcpPacket]:
 
 
 async def _close_quietly(pc: RTCPeerConnection) -> None:
+    # aiortc may already be closing this connection itself (the peer closed DTLS); a second
+    # close() awaits aiortc's own future, which must not be cancelled by our timeout.
     try:
-        await asyncio.wait_for(pc.close(), timeout=5)
+        await asyncio.wait_for(asyncio.shield(pc.close()), timeout=5)
     except Exception:
         logger.warning("closing a peer connection failed", exc_info=True)

@@ -1,4 +1,4 @@
-"""How a relay is set up: ICE servers for its own gathering, room size, feedback timing."""
+"""How a relay is set up: ICE servers and host candidates of its own, room size, feedback timing."""
 
 from __future__ import annotations
 
@@ -15,6 +15,14 @@ class RelaySettings:
     max_participants: int = 4
     keyframe_interval: float = 0.5  # at most one PLI per publisher track per interval
     rtcp_interval: float = 1.0  # receiver/sender reports and REMB refresh
+    # Host candidates (relay/ice.py): the address advertised instead of the bound one (1:1 NAT),
+    # the local addresses to gather on (empty: every interface), an inclusive UDP port range.
+    announced_ip: str | None = None
+    bind_ips: tuple[str, ...] = ()
+    udp_ports: tuple[int, int] | None = None
+    # A client whose media connections carried no RTCP for this long is gone (crashed tab, lost
+    # network) even if ICE consent, which takes ~30 s to fail, has not noticed yet.
+    silence_timeout: float = 15.0
 
     def rtc_configuration(self) -> RTCConfiguration:
         return RTCConfiguration(

@@ -34,7 +34,12 @@ def setup_signaling(app: web.Application) -> None:
 
 
 def relay_settings(config: Config) -> RelaySettings:
-    return RelaySettings(max_participants=config.room_max_participants)
+    return RelaySettings(
+        max_participants=config.room_max_participants,
+        announced_ip=config.relay_announced_ip,
+        bind_ips=config.relay_bind_ips,
+        udp_ports=config.relay_udp_ports,
+    )
 
 
 async def relay_context(app: web.Application) -> AsyncIterator[None]:

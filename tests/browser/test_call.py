@@ -2,27 +2,49 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from storage.base import Storage
 from tests.browser import pages
 from tests.browser.conftest import Browsers, Server, copy_for_readme
-from tests.helpers import BookingFactory
+from tests.helpers import FakeClock, TokenFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.netns, pytest.mark.media]
 
 
 async def test_client_and_psychologist_call_end_to_end(
-    browsers: Browsers, server: Server, booking_factory: BookingFactory, storage: Storage
+    browsers: Browsers,
+    server: Server,
+    storage: Storage,
+    make_token: TokenFactory,
+    clock: FakeClock,
 ) -> None:
-    booking = await booking_factory()
-    session_id = booking.session.id
+    client_user = await storage.create_user(
+        name="Jordan Lee", email="jordan.lee@example.test", role="client"
+    )
+    therapist = await storage.create_user(
+        name="Dr. Amina Odhiambo", email="amina.odhiambo@example.test", role="psychologist"
+    )
+    session = await storage.create_session(
+        client_id=client_user.id,
+        psychologist_id=therapist.id,
+        session_date=clock() + timedelta(minutes=5),
+        status="Confirmed",
+        payment_status="Paid",
+    )
+    session_id = session.id
     client = await browsers.page("client")
     psychologist = await browsers.page("psychologist")
 
-    await psychologist.goto(pages.call_url(server.base_url, session_id, booking.psychologist_token))
+    await psychologist.goto(
+        pages.call_url(server.base_url, session_id, make_token(therapist.id, "psychologist"))
+    )
     await pages.wait_phase(psychologist, "connected")
-    await client.goto(pages.call_url(server.base_url, session_id, booking.client_token))
+    await client.goto(
+        pages.call_url(server.base_url, session_id, make_token(client_user.id, "client"))
+    )
     await pages.wait_phase(client, "connected")
     await pages.wait_remote_count(client, 1)
     await pages.wait_remote_count(psychologist, 1)
@@ -72,6 +94,10 @@ async def test_client_and_psychologist_call_end_to_end(
     await pages.wait_remote_frame_size(psychologist, lambda size: size == camera_size)
     await pages.wait_frames_rising(psychologist, 10)
 
+    # The picture for the README: names, roles, timer and a measured network quality.
+    await client.wait_for_function(
+        "['good', 'fair', 'poor'].includes(window.smilingCall.quality?.level)", timeout=10000
+    )
     shot = await browsers.screenshot(client, "call-client-later")
     copy_for_readme(shot)
 

@@ -67,21 +67,6 @@ LOCAL_ICE_PORTS = """async () => {
 }"""
 
 
-SELECTED_ICE_PORTS = """async () => {
-  const ports = [];
-  for (const pc of window.smilingCall.peerConnections()) {
-    const report = await pc.getStats();
-    report.forEach((s) => {
-      if (s.type !== "transport" || !s.selectedCandidatePairId) return;
-      const pair = report.get(s.selectedCandidatePairId);
-      const local = pair && report.get(pair.localCandidateId);
-      if (local) ports.push(local.port);
-    });
-  }
-  return ports;
-}"""
-
-
 def nft(*commands: str) -> None:
     for command in commands:
         subprocess.run(["nft", *shlex.split(command)], check=True, capture_output=True)
@@ -147,18 +132,32 @@ async def test_ice_failure_reconnects_on_new_connections(
         unblock()
 
 
-async def test_switched_network_path_gets_media_back(
+async def test_media_stall_with_ice_still_connected_reconnects(
     browsers: Browsers, server: Server, booking_factory: BookingFactory
 ) -> None:
-    """Only the path in use dies: Chromium's ICE moves to another candidate pair and stays
-    "connected". Media must come back — by the relay following the switch, or by the page's
-    watchdog (nothing received for a while) rebuilding the connections."""
+    """Media stops reaching the client while ICE's STUN checks still pass (so ICE says
+    "connected"): the page's watchdog notices that nothing arrives and rebuilds the connections."""
     need_nft()
     client, psychologist = await start_call(browsers, server, booking_factory)
-    block_udp_ports(await client.evaluate(SELECTED_ICE_PORTS))
+    ports = await client.evaluate(LOCAL_ICE_PORTS)
+    port_set = "{ " + ", ".join(str(p) for p in sorted(set(ports))) + " }"
+    # Drop everything sent to the client's ICE ports except STUN (magic cookie at payload
+    # offset 4, i.e. bit 96 of the UDP header + payload): RTP and RTCP stop, consent checks go on.
+    nft(
+        "add table inet browser_test",
+        "add chain inet browser_test out { type filter hook output priority 0 ; }",
+        f"add rule inet browser_test out udp dport {port_set} @th,96,32 != 0x2112a442 drop",
+    )
     try:
-        await pages.wait_frames_rising(client, 30, within_ms=35000)
-        await pages.wait_frames_rising(psychologist, 30, within_ms=15000)
-        assert await pages.phase(client) == "connected"
+        await client.wait_for_function(
+            "window.smilingCall.log.some((e) => e.event === 'reconnect')", timeout=25000
+        )
+        reasons = await client.evaluate(
+            "window.smilingCall.log.filter((e) => e.event === 'reconnect').map((e) => e.why)"
+        )
+        assert reasons == ["no media received"], reasons
+        await pages.wait_phase(client, "connected")
+        await pages.wait_frames_rising(client, 15)
+        await pages.wait_frames_rising(psychologist, 15)
     finally:
         unblock()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import subprocess
 import threading
 import time
 
@@ -202,3 +204,52 @@ async def test_room_full_is_refused(
     finally:
         for c in clients:
             await c.close()
+
+
+def _local_udp_ports(client: CallClient) -> set[int]:
+    ports = set()
+    for pc in (client.publisher, client.subscriber):
+        if pc is not None:
+            for transceiver in pc.getTransceivers():
+                gatherer = transceiver.sender.transport.transport.iceGatherer
+                ports |= {c.port for c in gatherer.getLocalCandidates()}
+    return ports
+
+
+def _drop_udp_from(ports: set[int]) -> None:
+    listed = ", ".join(str(p) for p in sorted(ports))
+    rules = (
+        "table inet silence {\n chain out {\n  type filter hook output priority 0; policy accept;\n"
+        f"  udp sport {{ {listed} }} drop\n }}\n}}\n"
+    )
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, capture_output=True)
+
+
+async def test_a_client_that_falls_silent_is_dropped(
+    booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker, relay: Relay
+) -> None:
+    relay.settings = dataclasses.replace(relay.settings, silence_timeout=2.0)
+    booking = await booking_factory()
+    room_id = await open_room(storage, booking)
+    stayer = await make_client(booking.client_token)
+    vanisher = await make_client(booking.psychologist_token)
+    await join_and_publish(stayer, room_id, source_id=1)
+    await join_and_publish(vanisher, room_id, source_id=2)
+    await sees(stayer, vanisher, source_id=2, frames=3)
+    await sees(vanisher, stayer, source_id=1, frames=3)
+
+    # The tab's network dies but its WebSocket lingers: only the media tells the relay.
+    _drop_udp_from(_local_udp_ports(vanisher))
+    try:
+        left = await stayer.wait_for("user-left", timeout=15)
+        assert left["data"] == {
+            "socketId": vanisher.socket_id,
+            "userId": booking.psychologist.id,
+            "reason": "timeout",
+        }
+        ended = await vanisher.wait_for("error", lambda d: d["details"].get("reason") == "timeout")
+        assert ended["data"]["code"] == "CALL_ENDED"
+        assert relay.stats.connection_failures["timeout"] >= 1
+        assert relay.active_participants() == 1
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", "silence"], capture_output=True)  # noqa: ASYNC221
