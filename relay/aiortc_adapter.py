@@ -94,6 +94,7 @@ class MediaTransport:
     __slots__ = (
         "_connection",
         "_original_data_received",
+        "created_at",
         "dtls",
         "last_rtcp_at",
         "on_rtcp",
@@ -106,6 +107,7 @@ class MediaTransport:
         self.on_rtp: RtpHandler | None = None
         self.on_rtcp: RtcpHandler | None = None
         self.last_rtcp_at: float | None = None  # a live client sends RTCP every second or so
+        self.created_at = asyncio.get_running_loop().time()
         self._original_data_received = self._connection.data_received
         self._connection.data_received = self._data_received  # type: ignore[method-assign]
         # aiortc's idle senders must not send their own (empty) sender reports

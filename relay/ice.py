@@ -94,7 +94,9 @@ class GatheringPolicy:
         if self.announced_ip is None:
             return bound
         announced = ipaddress.ip_address(self.announced_ip)
-        return self.announced_ip if ipaddress.ip_address(bound).version == announced.version else bound
+        return (
+            self.announced_ip if ipaddress.ip_address(bound).version == announced.version else bound
+        )
 
 
 def restrict_gathering(pc: RTCPeerConnection, settings: RelaySettings) -> None:
@@ -114,7 +116,7 @@ def restrict_gathering(pc: RTCPeerConnection, settings: RelaySettings) -> None:
             hook_connection(gatherer._connection, policy)
         await original(description)
 
-    pc.setLocalDescription = set_local_description  # type: ignore[method-assign]
+    pc.setLocalDescription = set_local_description  # type: ignore[method-assign,assignment]
 
 
 def hook_connection(connection: Connection, policy: GatheringPolicy) -> None:
@@ -124,7 +126,9 @@ def hook_connection(connection: Connection, policy: GatheringPolicy) -> None:
     original: Callable[..., Awaitable[list[Candidate]]] = connection.get_component_candidates
 
     async def get_component_candidates(
-        component: int, addresses: list[str], timeout: int = 5
+        component: int,
+        addresses: list[str],
+        timeout: int = 5,  # noqa: ASYNC109 (aioice API)
     ) -> list[Candidate]:
         # aioice passes no addresses under the relay transport policy: keep that meaning
         chosen = list(policy.bind_ips) if policy.bind_ips and addresses else addresses
@@ -146,7 +150,9 @@ async def _host_candidate(
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_SOCKET_BUFFER_SIZE)
         loop = asyncio.get_running_loop()
-        _, protocol = await loop.create_datagram_endpoint(lambda: StunProtocol(connection), sock=sock)
+        _, protocol = await loop.create_datagram_endpoint(
+            lambda: StunProtocol(connection), sock=sock
+        )
     except BaseException:
         sock.close()
         raise
@@ -175,7 +181,7 @@ def bind_udp(address: str, ports: tuple[int, int] | None) -> socket.socket:
     candidates: Sequence[int] = [0]
     if ports is not None:
         low, high = ports
-        start = random.randint(low, high)  # noqa: S311 - spreads load, not a security measure
+        start = random.randint(low, high)  # spreads connections over the range
         candidates = [*range(start, high + 1), *range(low, start)]
     for port in candidates:
         sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -186,7 +192,9 @@ def bind_udp(address: str, ports: tuple[int, int] | None) -> socket.socket:
             sock.close()
             if exc.errno == errno.EADDRINUSE and ports is not None:
                 continue
-            raise OSError(exc.errno, f"cannot bind a UDP socket to {address}: {exc.strerror}") from exc
+            raise OSError(
+                exc.errno, f"cannot bind a UDP socket to {address}: {exc.strerror}"
+            ) from exc
         return sock
     assert ports is not None
     logger.error("RELAY_UDP_PORTS %d-%d exhausted on %s", ports[0], ports[1], address)
@@ -210,3 +218,36 @@ def internals_problems() -> list[str]:
     elif not isinstance(getattr(connection, "_protocols", None), list):
         problems.append("aioice Connection has no _protocols list")
     return problems
+
+
+@dataclass(frozen=True)
+class SelectedPair:
+    """The nominated ICE candidate pair of a connection, as both ends' candidates."""
+
+    local_type: str
+    local_address: tuple[str, int]
+    remote_type: str
+    remote_address: tuple[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "local": {"type": self.local_type, "address": list(self.local_address)},
+            "remote": {"type": self.remote_type, "address": list(self.remote_address)},
+        }
+
+
+def selected_pair(pc: RTCPeerConnection) -> SelectedPair | None:
+    """The candidate pair ICE nominated for `pc`'s (bundled) transport, if any yet."""
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport.iceGatherer._connection
+        pair = connection._nominated.get(1)
+        if pair is None:
+            return None
+        local, remote = pair.local_candidate, pair.remote_candidate
+        return SelectedPair(
+            local_type=local.type,
+            local_address=(local.host, local.port),
+            remote_type=remote.type,
+            remote_address=(remote.host, remote.port),
+        )
+    return None

@@ -482,11 +482,12 @@ class Participant:
                 self._relay.stats.setup_time.observe(max(self.first_media_at - self.joined_at, 0))
 
     def _silent_since(self, now: float) -> float:
-        """Seconds since the client last sent RTCP on any connection (0 before the first)."""
+        """Seconds since the client last sent RTCP on any media connection (or since the first
+        was negotiated, if none has carried RTCP yet); 0 while it has no media connection."""
         heard = [
-            t.last_rtcp_at
+            t.last_rtcp_at or t.created_at
             for t in (self._publisher_transport, self._subscriber_transport)
-            if t is not None and t.last_rtcp_at is not None
+            if t is not None
         ]
         return now - max(heard) if heard else 0.0
 

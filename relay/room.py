@@ -66,19 +66,21 @@ class Room:
     async def _remove(self, participant: Participant, reason: str, tell_them: bool) -> None:
         if self.participants.get(participant.socket_id) is not participant:
             return
+        # Membership first, connections last: however long aiortc takes to close (or if it
+        # never finishes), the others are told at once and an empty room does not linger.
         del self.participants[participant.socket_id]
         self.relay.stats.participants_left += 1
         self._remember(participant)
         for other in self.participants.values():
             for producer in participant.producers.values():
                 other.unsubscribe(producer)
-        await participant.close()
         if tell_them:
             participant.listener.closed_by_relay(reason)
         for other in self.participants.values():
             other.listener.user_left(participant, reason)
         if not self.participants:
             await self.relay.close_room(self)
+        await participant.close()
 
     def _remember(self, participant: Participant) -> None:
         """Keep what a leaving participant's streams counted, for the end-of-call summary."""

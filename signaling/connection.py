@@ -62,7 +62,9 @@ class SignalingConnection:
             if authenticated:
                 await self._read_loop()
         finally:
-            await self._leave("disconnected")
+            # shielded: aiohttp may cancel this handler when the client vanishes, and leaving
+            # the room must still complete
+            await asyncio.shield(self._leave("disconnected"))
             self._outbox.put_nowait(None)
             with contextlib.suppress(Exception):
                 await self._writer

@@ -15,6 +15,7 @@ from smiling_relay.config import Config
 
 HEARTBEAT_SECONDS = 10.0  # a silent client is dropped after about this long without a pong
 
+
 class OpenSockets:
     """The app's live signaling sockets, closed with "going away" at shutdown."""
 

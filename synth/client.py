@@ -3,6 +3,11 @@
 Used by the tests and by `smiling-relay synth`: it joins a room over the real WebSocket, publishes
 its tracks on the publisher connection, answers the relay's subscriber offers, and attaches a
 `VideoProbe`/`AudioProbe` to every track it receives.
+
+Every received track also gets a `StreamCounter` (synth/measure.py) fed from aiortc's receiver:
+packets, payload bytes, frames, keyframes, loss before and after retransmission, freezes. With
+`probe_media=False` the client decodes nothing (aiortc's decoder thread is kept stopped, NACK /
+PLI / REMB / receiver reports still flow) and only counts: the cheap subscriber of load tests.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc.contrib.media import MediaBlackhole
 
+from synth.measure import StreamCounter, tap_receiver
 from synth.probe import AudioProbe, VideoProbe
 
 logger = logging.getLogger(__name__)
@@ -62,14 +67,13 @@ class CallClient:
         self.track_map: dict[str, dict[str, Any]] = {}
         self.video_probes: dict[str, VideoProbe] = {}
         self.audio_probes: dict[str, AudioProbe] = {}
+        self.stream_counters: dict[str, StreamCounter] = {}
         self.publisher: RTCPeerConnection | None = None
         self.subscriber: RTCPeerConnection | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
-        self._blackholes: list[MediaBlackhole] = []
-        self._background: set[asyncio.Future[None]] = set()
         self.closed_code: int | None = None
 
     # -- connection ---------------------------------------------------------------------------
@@ -150,8 +154,6 @@ class CallClient:
     async def _close_peers(self) -> None:
         for probe in [*self.video_probes.values(), *self.audio_probes.values()]:
             await probe.stop()
-        for hole in self._blackholes:
-            await hole.stop()
         for pc in (self.publisher, self.subscriber):
             if pc is not None:
                 await pc.close()
@@ -202,16 +204,16 @@ class CallClient:
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         assert self.subscriber is not None
-        mid = next(
-            (t.mid for t in self.subscriber.getTransceivers() if t.receiver.track is track), None
+        transceiver = next(
+            (t for t in self.subscriber.getTransceivers() if t.receiver.track is track), None
         )
-        if mid is None:
+        mid = transceiver.mid if transceiver is not None else None
+        if transceiver is None or mid is None:
             return
+        if mid not in self.stream_counters:
+            counter = self.stream_counters[mid] = StreamCounter(track.kind)
+            tap_receiver(transceiver.receiver, counter, decode=self.probe_media)
         if not self.probe_media:
-            hole = MediaBlackhole()
-            hole.addTrack(track)
-            self._blackholes.append(hole)
-            self._background.add(asyncio.ensure_future(hole.start()))
             return
         probe: VideoProbe | AudioProbe = VideoProbe() if track.kind == "video" else AudioProbe()
         probe.start(track)
@@ -292,3 +294,8 @@ class CallClient:
     def audio_from(self, socket_id: str) -> AudioProbe | None:
         mid = self.mid_of(socket_id, "audio")
         return self.audio_probes.get(mid) if mid else None
+
+    def counter_from(self, socket_id: str, kind: str) -> StreamCounter | None:
+        """The packet counter of `socket_id`'s `kind` track (decoding or not)."""
+        mid = self.mid_of(socket_id, kind)
+        return self.stream_counters.get(mid) if mid else None

@@ -8,8 +8,10 @@ the app listens on 10.77.0.1 and Chromium treats that origin as secure (getUserM
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -104,7 +106,19 @@ def browser_netns() -> netns.Netns:
     reason = netns.unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    return netns.enter_process_netns()
+    ns = netns.enter_process_netns()
+    _disable_ipv6()
+    return ns
+
+
+def _disable_ipv6() -> None:
+    """A fresh veth pair configures IPv6 link-local addresses a second or two after it comes up
+    (duplicate address detection). Chromium takes that as a network change and aborts requests
+    in flight with ERR_NETWORK_CHANGED. The tests use IPv4 only: switch IPv6 off in the namespace
+    before any browser starts (only this namespace's sysctls change)."""
+    for conf in Path("/proc/sys/net/ipv6/conf").glob("*/disable_ipv6"):
+        with contextlib.suppress(OSError):
+            conf.write_text("1\n")
 
 
 @pytest.fixture
@@ -254,6 +268,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def copy_for_readme(path: Path) -> None:
-    """The README shows one screenshot of a real call (docs/screenshot-call.png)."""
+    """The README shows one screenshot of a real call (docs/screenshot-call.png). It is written
+    when missing or when SMILING_UPDATE_SCREENSHOTS=1, so a test run leaves the tree clean."""
     target = REPO / "docs" / "screenshot-call.png"
-    shutil.copyfile(path, target)
+    if not target.exists() or os.environ.get("SMILING_UPDATE_SCREENSHOTS") == "1":
+        shutil.copyfile(path, target)

@@ -82,16 +82,26 @@ async def test_client_and_psychologist_call_end_to_end(
 
     # Screen share on the client replaces the camera track on the same sender: the
     # psychologist sees the "presenting" state and the picture's size change, frames keep coming.
-    camera_size = await pages.remote_frame_size(psychologist)
     await client.click("#btn-screen")
     await pages.wait_remote_media(psychologist, "screen", True)
     await psychologist.locator(".tile-remote .badge-screen").wait_for(state="visible")
-    await pages.wait_remote_frame_size(psychologist, lambda size: size != camera_size)
+    # The captured screen's size, from the client's own preview (screen content is sent at
+    # full resolution: the page asks the encoder to maintain resolution for it).
+    handle = await client.wait_for_function(
+        """() => {
+            const v = document.querySelector('.tile-local.is-screen video');
+            return v && v.videoWidth ? [v.videoWidth, v.videoHeight] : null;
+        }"""
+    )
+    width, height = await handle.json_value()
+    screen_size = (int(width), int(height))
+    await pages.wait_remote_frame_size(psychologist, lambda size: size == screen_size)
     await pages.wait_frames_rising(psychologist, 10)
     await browsers.screenshot(psychologist, "screen-share-seen-by-psychologist")
     await client.click("#btn-screen")
     await pages.wait_remote_media(psychologist, "screen", False)
-    await pages.wait_remote_frame_size(psychologist, lambda size: size == camera_size)
+    # Back to the camera (its size may differ from before: the encoder adapts to CPU load).
+    await pages.wait_remote_frame_size(psychologist, lambda size: size != screen_size)
     await pages.wait_frames_rising(psychologist, 10)
 
     # The picture for the README: names, roles, timer and a measured network quality.

@@ -160,7 +160,7 @@ async def test_lossy_constrained_subscriber_gets_video_and_the_publisher_slows_d
             "the impaired viewer's track",
         )
         lossy = viewer.video_probe(publisher.socket_id)
-        await lossy.wait_for_frames(30, 30, intact=True)
+        await lossy.wait_for_frames(30, 60, intact=True)
 
         lossy_leg = next(
             f.forwarder
@@ -187,13 +187,21 @@ async def test_lossy_constrained_subscriber_gets_video_and_the_publisher_slows_d
             rate = await received_bitrate(video.stats)
         assert rate <= 0.8 * unconstrained_rate, (unconstrained_rate, rate)
         # still watchable: pictures keep arriving intact on the lossy leg
-        await lossy.wait_for_more_frames(30, 20)
-        # and the healthy viewer is untouched by its neighbour's losses
+        await lossy.wait_for_more_frames(30, 60)
+        # and the healthy viewer is untouched by its neighbour's losses: it keeps decoding and
+        # its own reports show no loss, so nothing had to be resent to it
         healthy_probe = healthy.video_from(publisher.socket_id or "")
         assert healthy_probe is not None
-        freezes_before = len(healthy_probe.freezes)
-        await healthy_probe.wait_for_more_frames(60, 20)
-        assert len(healthy_probe.freezes) == freezes_before
+        await healthy_probe.wait_for_more_frames(15, 30)
+        healthy_leg = next(
+            f.forwarder
+            for p in relay.rooms[room_id].participants.values()
+            if p.info.role == "admin"
+            for f in p.slots
+            if f.forwarder.kind == "video"
+        )
+        assert healthy_leg.stats.packets_lost == 0
+        assert healthy_leg.stats.retransmits == 0
     finally:
         viewer.stop.set()
         if thread.is_alive():

@@ -20,7 +20,18 @@ export class ApiClient {
     this.timeoutMs = timeoutMs;
   }
 
+  /** One retry after a network error: a Wi-Fi hand-over or a network change aborts requests. */
   async request(method, path, body) {
+    try {
+      return await this._request(method, path, body);
+    } catch (err) {
+      if (err.code !== "SERVER_UNREACHABLE" || err.status !== undefined) throw err;
+      await new Promise((resolve) => setTimeout(resolve, 700));
+      return this._request(method, path, body);
+    }
+  }
+
+  async _request(method, path, body) {
     const headers = { Accept: "application/json", "x-auth-token": this.token };
     if (body !== undefined) headers["Content-Type"] = "application/json";
     const controller = new AbortController();

@@ -100,7 +100,8 @@ export class CallSession extends Emitter {
   async begin() {
     this.error = null;
     clearTimeout(this._recheckTimer);
-    this._setPhase("checking");
+    // A re-check from the waiting room stays on the waiting room until it may join.
+    if (this.phase !== "waiting") this._setPhase("checking");
     try {
       const canJoin = await this.api.canJoin(this.sessionId);
       const serverNow = parseDate(canJoin?.currentTime);
@@ -162,7 +163,7 @@ export class CallSession extends Emitter {
       (startsAt && new Date(startsAt.getTime() - JOIN_EARLY_MINUTES * 60000));
     this.waiting = { opensAt, startsAt, canJoin };
     this.lastErrorCode = "TOO_EARLY";
-    this._setPhase("waiting");
+    this._setPhase("waiting", { force: true });
     const untilOpen = opensAt ? opensAt.getTime() - now : RECHECK_MS;
     this._recheckTimer = setTimeout(() => void this.begin(), Math.max(1000, Math.min(RECHECK_MS, untilOpen + 500)));
   }
@@ -592,8 +593,8 @@ export class CallSession extends Emitter {
     this.emit("announce", text);
   }
 
-  _setPhase(phase) {
-    if (this.phase === phase) return;
+  _setPhase(phase, { force = false } = {}) {
+    if (this.phase === phase && !force) return;
     this.phase = phase;
     this._log.push({ at: Date.now(), event: "phase", phase });
     if (this._log.length > 200) this._log.splice(0, this._log.length - 200);

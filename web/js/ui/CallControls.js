@@ -79,11 +79,4 @@ export class CallControls {
     button.classList.toggle("is-active", active);
     button.disabled = Boolean(disabled);
   }
-
-  setEnabled(enabled) {
-    for (const c of [this.mic, this.camera, this.screen, this.people, this.endCall]) {
-      if (!enabled) c.button.disabled = true;
-    }
-    if (enabled) this.endCall.button.disabled = false;
-  }
 }

@@ -18,6 +18,7 @@ export class ConnectionStatus {
   constructor(root) {
     this.dot = h("span", { class: "status-dot", "aria-hidden": "true" });
     this.text = h("span", { class: "status-text" });
+    // The text is the label (announcements go through the page's live region).
     this.el = h("div", { class: "status-pill", id: "connection-status" }, this.dot, this.text);
     root.append(this.el);
   }
@@ -28,6 +29,5 @@ export class ConnectionStatus {
     if (!label) return;
     this.el.dataset.state = phase;
     this.text.textContent = label;
-    this.el.setAttribute("aria-label", `Connection: ${label}`);
   }
 }

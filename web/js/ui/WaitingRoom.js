@@ -15,25 +15,26 @@ export class WaitingRoom {
 
   show({ opensAt, startsAt }, counterpart) {
     this.opensAt = opensAt;
-    clear(this.root);
-    this.countdown = h("span", { class: "countdown", id: "waiting-countdown" });
-    this.countdownWords = h("span", { class: "sr-only" });
     const sameDay = startsAt && startsAt.toDateString() === new Date().toDateString();
     const when = startsAt ? `${sameDay ? "today" : DATE.format(startsAt)} at ${TIME.format(startsAt)}` : null;
-    const heading = h("h1", { tabindex: "-1", id: "waiting-title", text: "Your session hasn't started yet" });
-    this.root.append(
-      h(
+    const intro = when
+      ? `Your session${counterpart ? ` with ${counterpart}` : ""} starts ${when}. You can join up to 15 minutes before it starts.`
+      : "You can join up to 15 minutes before the session starts.";
+    if (this.card?.isConnected) {
+      // A re-check: update in place, so focus and the screen reader's position are kept.
+      this.intro.textContent = intro;
+    } else {
+      clear(this.root);
+      this.countdown = h("span", { class: "countdown", id: "waiting-countdown" });
+      this.countdownWords = h("span", { class: "sr-only" });
+      this.intro = h("p", { id: "waiting-intro", text: intro });
+      const heading = h("h1", { tabindex: "-1", id: "waiting-title", text: "Your session hasn't started yet" });
+      this.card = h(
         "div",
         { class: "card waiting-card", id: "waiting-room" },
         h("div", { class: "card-icon" }, icon("clock", { size: 32 })),
         heading,
-        h(
-          "p",
-          {},
-          when
-            ? `Your session${counterpart ? ` with ${counterpart}` : ""} starts ${when}. You can join up to 15 minutes before it starts.`
-            : "You can join up to 15 minutes before the session starts.",
-        ),
+        this.intro,
         h(
           "p",
           { class: "countdown-row", role: "timer", "aria-live": "off" },
@@ -43,12 +44,13 @@ export class WaitingRoom {
         ),
         h("p", { class: "muted", text: "This page checks again by itself and lets you in as soon as the call opens. You can leave it open." }),
         h("div", { class: "actions" }, h("button", { type: "button", class: "button", id: "check-now", text: "Check again now", onclick: () => this.onCheckNow() })),
-      ),
-    );
+      );
+      this.root.append(this.card);
+      heading.focus();
+    }
     this._tick();
     clearInterval(this._interval);
     this._interval = setInterval(() => this._tick(), 1000);
-    heading.focus();
   }
 
   _tick() {
