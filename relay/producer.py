@@ -96,6 +96,7 @@ class Producer:
         # bandwidth
         self._abs_send_time_id = abs_send_time_id if self._is_video else 0
         self._estimator = RemoteBitrateEstimator() if self._abs_send_time_id else None
+        self._frame_bytes = 0
         self._remb_sent: int | None = None
         self._remb_sent_at = 0.0
 
@@ -138,7 +139,12 @@ class Producer:
             if keyframe:
                 stats.keyframes += 1
             if self._estimator is not None:
-                self._estimate(data, ext_start, ext_end, arrival, len(payload))
+                # The delay-based estimator compares packet *groups*: one sample per frame,
+                # carrying the whole frame's size, costs a fifth of one per packet.
+                self._frame_bytes += len(payload)
+                if marker:
+                    self._estimate(data, ext_start, ext_end, arrival, self._frame_bytes)
+                    self._frame_bytes = 0
         else:
             stats.frames += 1
 
