@@ -84,6 +84,7 @@ class ParticipantListener(Protocol):
     def subscriber_offer(self, sdp: str, tracks: list[TrackInfo]) -> None: ...
     def tracks_changed(self, tracks: list[TrackInfo]) -> None: ...
     def closed_by_relay(self, reason: str) -> None: ...
+    def negotiation_failed(self, message: str) -> None: ...
 
 
 @dataclass
@@ -321,9 +322,10 @@ class Participant:
         self._awaiting_answer = True
         try:
             await pc.setLocalDescription(await pc.createOffer())
-        except Exception:
+        except Exception as exc:
             logger.exception("creating the subscriber offer for %s failed", self.socket_id)
             self._awaiting_answer = False
+            self.listener.negotiation_failed(f"the relay could not offer the others' media: {exc}")
             return
         if not self.closed:
             self.listener.subscriber_offer(pc.localDescription.sdp, self.track_map())

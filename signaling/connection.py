@@ -333,6 +333,9 @@ class SignalingConnection:
         )
         self._outbox.put_nowait({"close": CLOSE_REPLACED if reason == "replaced" else CLOSE_ENDED})
 
+    def negotiation_failed(self, message: str) -> None:
+        self._send_error("NEGOTIATION_FAILED", message, {"target": "subscriber"})
+
     # -- sending ------------------------------------------------------------------------------
 
     def _send(self, event: str, data: dict[str, Any]) -> None:

@@ -239,12 +239,13 @@ class StreamCounter:
         if payload_type in self._media_pts:
             return False
         codec = self.codec_of(payload_type)
-        if codec is not None and codec.lower() == "rtx":
+        if codec is None:  # not negotiated (yet): treat as media, decide again next time
+            return False
+        if codec.lower() == "rtx":
             self._rtx_pts.add(payload_type)
             return True
         self._media_pts.add(payload_type)
-        if codec:
-            self.codecs_seen.add(codec)
+        self.codecs_seen.add(codec)
         return False
 
     def _extend(self, seq: int) -> int:

@@ -163,7 +163,7 @@ async def test_join_ignores_claimed_identity_and_bad_sdp_leaves_nothing_behind(
     )
     joined = await receive(ws)
     assert joined["event"] == "room-joined"
-    relay: Relay = client.server.app[RELAY_KEY]
+    relay: Relay = client.app[RELAY_KEY]
     participant = next(iter(relay.rooms[room_id].participants.values()))
     assert participant.info.user_id == booking.client.id
     assert participant.info.role == "client"
