@@ -62,10 +62,11 @@ class SignalingConnection:
             if authenticated:
                 await self._read_loop()
         finally:
-            # shielded: aiohttp may cancel this handler when the client vanishes, and leaving
-            # the room must still complete
-            await asyncio.shield(self._leave("disconnected"))
+            # The writer is told to stop first: aiohttp may cancel this handler when the client
+            # vanishes, and nothing after the cancellation point would run.
             self._outbox.put_nowait(None)
+            # shielded: leaving the room must complete even if this handler is cancelled
+            await asyncio.shield(self._leave("disconnected"))
             with contextlib.suppress(Exception):
                 await self._writer
 

@@ -62,9 +62,20 @@ def _setns(path: str) -> None:
         os.close(fd)
 
 
+def quiet_ipv6(name: str) -> None:
+    """No IPv6 in a test namespace: its address setup right after creation makes Chromium abort
+    requests with ERR_NETWORK_CHANGED, and every test here speaks IPv4."""
+    for scope in ("all", "default"):
+        subprocess.run(
+            ["ip", "netns", "exec", name, "sysctl", "-qw", f"net.ipv6.conf.{scope}.disable_ipv6=1"],
+            capture_output=True,
+        )
+
+
 def create(name: str, extra_addresses: Sequence[str] = ()) -> None:
     """A namespace with `lo` up and a veth pair v0/v1 carrying ADDR_A/ADDR_B (and extras on v0)."""
     ip("netns", "add", name)
+    quiet_ipv6(name)
     ip("-n", name, "link", "set", "lo", "up")
     ip("-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
     ip("-n", name, "addr", "add", f"{ADDR_A}/24", "dev", "v0")

@@ -8,7 +8,6 @@ the app listens on 10.77.0.1 and Chromium treats that origin as secure (getUserM
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -106,19 +105,9 @@ def browser_netns() -> netns.Netns:
     reason = netns.unavailable_reason()
     if reason is not None:
         pytest.skip(reason)
-    ns = netns.enter_process_netns()
-    _disable_ipv6()
-    return ns
-
-
-def _disable_ipv6() -> None:
-    """A fresh veth pair configures IPv6 link-local addresses a second or two after it comes up
-    (duplicate address detection). Chromium takes that as a network change and aborts requests
-    in flight with ERR_NETWORK_CHANGED. The tests use IPv4 only: switch IPv6 off in the namespace
-    before any browser starts (only this namespace's sysctls change)."""
-    for conf in Path("/proc/sys/net/ipv6/conf").glob("*/disable_ipv6"):
-        with contextlib.suppress(OSError):
-            conf.write_text("1\n")
+    # netns.create switches IPv6 off in the namespace: its address setup would make Chromium
+    # abort requests with ERR_NETWORK_CHANGED
+    return netns.enter_process_netns()
 
 
 @pytest.fixture

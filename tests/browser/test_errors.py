@@ -65,7 +65,7 @@ async def test_server_unreachable_is_explained_and_retry_recovers(
     await pages.wait_phase(page, "connected")
 
 
-async def test_missing_or_expired_token_asks_to_sign_in(
+async def test_missing_or_invalid_token_asks_to_sign_in(
     browsers: Browsers, server: Server, booking_factory: BookingFactory
 ) -> None:
     booking = await booking_factory()

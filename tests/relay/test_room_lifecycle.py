@@ -177,7 +177,9 @@ async def test_churn_leaks_no_rooms_tasks_sockets_or_threads(
         await asyncio.sleep(0.2)
     tasks, fds, threads = len(asyncio.all_tasks()), _open_fds(), _own_threads()
     assert relay.rooms == {}
-    assert tasks <= baseline[0], f"tasks grew from {baseline[0]} to {tasks}"
+    assert tasks <= baseline[0], f"tasks grew from {baseline[0]} to {tasks}: " + ", ".join(
+        sorted(repr(t.get_coro()) for t in asyncio.all_tasks())
+    )
     assert fds <= baseline[1], f"open file descriptors grew from {baseline[1]} to {fds}"
     assert threads <= baseline[2], f"threads grew from {baseline[2]} to {threads}"
 
