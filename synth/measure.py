@@ -33,6 +33,7 @@ __all__ = [
     "machine_cpu",
     "proc_cpu_seconds",
     "proc_rss_mb",
+    "proc_run_delay_seconds",
     "summarize",
     "tap_receiver",
 ]
@@ -64,6 +65,26 @@ def proc_cpu_seconds(pid: int) -> float:
     except (FileNotFoundError, ProcessLookupError):
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_run_delay_seconds(pid: int) -> float:
+    """Time all threads of a process spent runnable but waiting for a CPU (/proc/…/schedstat).
+
+    A server whose run delay grows as fast as its CPU time is starved by other work on the
+    machine: its figures then say more about the machine than about the server. NaN when the
+    kernel has no schedstats.
+    """
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as fh:
+                    total += int(fh.read().split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                continue
+    except FileNotFoundError:
+        return float("nan")
+    return total / 1e9
 
 
 def proc_rss_mb(pid: int) -> float:
@@ -103,6 +124,7 @@ class ProcessCpu:
     def __init__(self, pids: Iterable[int]) -> None:
         self.pids = list(pids)
         self._start: tuple[float, dict[int, float], tuple[int, int]] | None = None
+        self._delay_start: dict[int, float] = {}
 
     def mark(self) -> None:
         self._start = (
@@ -110,6 +132,7 @@ class ProcessCpu:
             {pid: proc_cpu_seconds(pid) for pid in self.pids},
             machine_cpu(),
         )
+        self._delay_start = {pid: proc_run_delay_seconds(pid) for pid in self.pids}
 
     def read(self) -> dict[str, Any]:
         """Per-pid CPU %, their total, the machine's busy % and the elapsed seconds."""
@@ -120,9 +143,15 @@ class ProcessCpu:
         per_pid = {pid: (proc_cpu_seconds(pid) - cpu0[pid]) / elapsed * 100 for pid in self.pids}
         busy1, total1 = machine_cpu()
         machine = (busy1 - busy0) / max(total1 - total0, 1) * 100 * CORES
+        waited = {
+            pid: (proc_run_delay_seconds(pid) - self._delay_start[pid]) / elapsed * 100
+            for pid in self.pids
+        }
         return {
             "elapsed_s": elapsed,
             "per_pid": per_pid,
+            "run_delay_pct": waited,  # % of the window the processes' threads waited for a CPU
+            "run_delay_total_pct": sum(v for v in waited.values() if v == v),
             "total_pct": sum(v for v in per_pid.values() if v == v),  # NaN-safe
             "machine_busy_pct": machine,
             "machine_capacity_pct": 100 * CORES,

@@ -50,15 +50,33 @@ async def inbound(page: Page) -> dict[str, Any]:
     return result
 
 
+async def wait_inbound(
+    page: Page, condition: Callable[[dict[str, Any]], bool], what: str, within_s: float = 15.0
+) -> dict[str, Any]:
+    """Poll the page's getStats from here until `condition(stats)` holds.
+
+    (`page.wait_for_function` cannot do this: it does not await an async predicate, and the
+    pending Promise it gets back counts as true.)
+    """
+    deadline = asyncio.get_running_loop().time() + within_s
+    stats = await inbound(page)
+    while not condition(stats):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {within_s} s waiting for {what}; last {stats}")
+        await asyncio.sleep(0.2)
+        stats = await inbound(page)
+    return stats
+
+
 async def wait_video_decoding(page: Page, more_than: int = 0, within_ms: int = 15000) -> int:
     """Wait until the page has decoded more than `more_than` remote video frames in total."""
-    await page.wait_for_function(
-        """async (n) => (await window.__testInboundStats()).video.framesDecoded > n""",
-        arg=more_than,
-        timeout=within_ms,
-        polling=200,
+    stats = await wait_inbound(
+        page,
+        lambda s: int(s["video"]["framesDecoded"]) > more_than,
+        f"more than {more_than} decoded video frames",
+        within_ms / 1000,
     )
-    return int((await inbound(page))["video"]["framesDecoded"])
+    return int(stats["video"]["framesDecoded"])
 
 
 async def wait_frames_rising(page: Page, frames: int = 10, within_ms: int = 15000) -> int:
@@ -69,11 +87,11 @@ async def wait_frames_rising(page: Page, frames: int = 10, within_ms: int = 1500
 
 async def wait_audio_flowing(page: Page, packets: int = 25, within_ms: int = 15000) -> None:
     start = int((await inbound(page))["audio"]["packetsReceived"])
-    await page.wait_for_function(
-        """async (n) => (await window.__testInboundStats()).audio.packetsReceived > n""",
-        arg=start + packets,
-        timeout=within_ms,
-        polling=200,
+    await wait_inbound(
+        page,
+        lambda s: int(s["audio"]["packetsReceived"]) > start + packets,
+        f"{packets} more audio packets",
+        within_ms / 1000,
     )
 
 

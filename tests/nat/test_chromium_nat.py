@@ -49,7 +49,7 @@ def chromium() -> None:
 
 
 def _srflx(lines: list[str]) -> list[str]:
-    """ "ip:port" of the server-reflexive candidates among SDP candidate lines."""
+    """The server-reflexive candidates among SDP candidate lines, as "ip:port"."""
     return [
         f"{p[4]}:{p[5]}"
         for p in (line.split() for line in lines)
@@ -170,7 +170,7 @@ async def test_chromium_behind_symmetric_nat_reaches_aiortc_only_through_the_rel
     # audio, both counters still rising; the aiortc participant decodes Chromium's fake camera
     # and receives its microphone.
     first, decoded, latest = seen_by_browser["frames_decoded"]
-    assert 0 < first and decoded >= first + 30 and latest >= decoded, seen_by_browser
+    assert first > 0 and decoded >= first + 30 and latest >= decoded, seen_by_browser
     _, before, after = seen_by_browser["audio_packets"]
     assert after >= before + 50 and before > 0, seen_by_browser
     assert seen_by_peer["frames_received"] >= 30 and seen_by_peer["audio_frames"] >= 50
@@ -255,7 +255,7 @@ async def test_relay_only_chromium_calls_through_coturn(
     assert relay_side is not None and relay_side.remote_address[0] == topology.TURN_IP, relay_side
     # and media flowed both ways
     first, decoded, latest = seen_by_browser["frames_decoded"]
-    assert 0 < first and decoded >= first + 30 and latest >= decoded, seen_by_browser
+    assert first > 0 and decoded >= first + 30 and latest >= decoded, seen_by_browser
     _, before, after = seen_by_browser["audio_packets"]
     assert after >= before + 50 and before > 0, seen_by_browser
     assert seen_by_peer["frames_received"] >= 30 and seen_by_peer["audio_frames"] >= 50
