@@ -93,6 +93,7 @@ class MediaTransport:
 
     __slots__ = (
         "_connection",
+        "_now",
         "_original_data_received",
         "created_at",
         "dtls",
@@ -107,9 +108,12 @@ class MediaTransport:
         self.on_rtp: RtpHandler | None = None
         self.on_rtcp: RtcpHandler | None = None
         self.last_rtcp_at: float | None = None  # a live client sends RTCP every second or so
-        self.created_at = asyncio.get_running_loop().time()
+        self._now = asyncio.get_running_loop().time
+        self.created_at = self._now()
         self._original_data_received = self._connection.data_received
         self._connection.data_received = self._data_received  # type: ignore[method-assign]
+        for protocol in self._connection._protocols:
+            self._tap(protocol)
         # aiortc's idle senders must not send their own (empty) sender reports
         dtls._send_rtp = _discard  # type: ignore[method-assign]
 
@@ -133,11 +137,24 @@ class MediaTransport:
         pair.protocol.transport.sendto(srtp.protect_rtcp(packet), pair.remote_addr)
         return True
 
+    def _tap(self, protocol: Any) -> None:
+        """Hand media datagrams over before aioice tries (and fails) to parse them as STUN."""
+        original = protocol.datagram_received
+        data_received = self._data_received
+
+        def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+            if data and 127 < data[0] < 192:  # RTP/RTCP; STUN starts with 0 or 1
+                data_received(data, 1)
+            else:
+                original(data, addr)
+
+        protocol.datagram_received = datagram_received
+
     def _data_received(self, data: bytes, component: int) -> None:
         first = data[0] if data else 0
         srtp = self.dtls._rx_srtp
         if 127 < first < 192 and srtp is not None:
-            arrival = asyncio.get_running_loop().time()
+            arrival = self._now()
             try:
                 if 191 < data[1] < 224:  # RTCP packet types 192..223 (RFC 5761)
                     self.last_rtcp_at = arrival

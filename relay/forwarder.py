@@ -133,16 +133,17 @@ class Forwarder:
         self, seq: int, timestamp: int, marker: int, payload: bytes, keyframe: bool
     ) -> None:
         transport = self._transport
-        if transport is None or not transport.ready:
-            self._needs_rebase = True
-            self._needs_keyframe = self.kind == "video"
-            return
         if self._needs_rebase:
+            # readiness is checked only until the first packet goes out: afterwards a failed
+            # send says the same, at no extra cost per packet
+            if transport is None or not transport.ready:
+                return
             if self._needs_keyframe and not keyframe:
                 if self.producer is not None:
                     self.producer.request_keyframe()
                 return
             self._rebase(seq, timestamp)
+        assert transport is not None
         out_seq = (seq + self._seq_offset) & 0xFFFF
         out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
         header = FIXED_HEADER.pack(
@@ -155,6 +156,8 @@ class Forwarder:
         else:
             packet = b"".join((header, self._ext_prefix, payload))
         if not transport.send_rtp(packet):
+            self._needs_rebase = True  # the connection went away: start again on a keyframe
+            self._needs_keyframe = self.kind == "video"
             return
         self._history[out_seq % HISTORY_SIZE] = packet
         stats = self.stats

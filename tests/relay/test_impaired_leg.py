@@ -173,7 +173,7 @@ async def test_lossy_constrained_subscriber_gets_video_and_the_publisher_slows_d
         await eventually(
             lambda: (lossy_leg.stats.remb_bps or 1e9) < DOWNLINK_KBIT * 1000,
             "the constrained viewer's estimate to fall below its link rate",
-            30,
+            60,  # the viewer's delay-based estimator needs a while to see the queue build up
         )
         await eventually(
             lambda: (video.stats.remb_bps or 1e9) < min(unconstrained_remb, DOWNLINK_KBIT * 1000),
