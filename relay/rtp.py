@@ -127,8 +127,3 @@ def h264_keyframe(payload: bytes) -> bool:
                 return True
             pos += 2 + nal_size
     return False
-
-
-def seq_newer(a: int, b: int) -> bool:
-    """Whether 16-bit sequence number `a` comes after `b` (RFC 1982 arithmetic)."""
-    return a != b and ((a - b) & 0xFFFF) < 0x8000

@@ -155,9 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gates = parser.add_argument_group("thresholds (exit status 1 when one is missed)")
     for dest, (_metric, _op, text) in THRESHOLDS.items():
+        unit = "MS" if dest.endswith("_ms") else "PCT" if dest.endswith("_pct") else None
         gates.add_argument(
             "--" + dest.replace("_", "-"),
             dest=dest,
+            metavar=unit or ("FPS" if dest == "min_fps" else "N"),
             type=float,
             default=0.0 if dest == "max_failures" else None,
             help=text.replace("%", "%%"),

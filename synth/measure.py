@@ -9,8 +9,7 @@
 * :class:`ProcessCpu`, :func:`machine_cpu`, :func:`proc_rss_mb` — CPU and memory from ``/proc``;
 * :func:`summarize` — min/p50/p95/max of a list.
 
-The /proc helpers mirror the ones in ``scripts/bench_relay`` (which is a script, not an
-importable module); keep the two in step or have the script import these.
+``scripts/bench_relay`` and ``scripts/bench_vs_janus`` import the /proc helpers from here.
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from relay.rtp import h264_keyframe, vp8_keyframe
 from synth.probe import FREEZE_THRESHOLD_MS, percentile
 
 __all__ = [
@@ -167,50 +167,6 @@ class FreezeSpan:
 
     start: float
     duration_ms: float
-
-
-def _vp8_keyframe(payload: bytes) -> bool:
-    """Whether an RTP VP8 payload starts a keyframe (RFC 7741 descriptor, then the P bit)."""
-    if not payload:
-        return False
-    first = payload[0]
-    if not first & 0x10 or first & 0x07:  # S bit clear or partition id ≠ 0
-        return False
-    pos = 1
-    if first & 0x80:  # X: extension byte
-        if len(payload) < 2:
-            return False
-        ext = payload[1]
-        pos = 2
-        if ext & 0x80:  # I: picture id, 7 or 15 bits
-            if len(payload) <= pos:
-                return False
-            pos += 2 if payload[pos] & 0x80 else 1
-        if ext & 0x40:  # L: TL0PICIDX
-            pos += 1
-        if ext & 0x30:  # T or K
-            pos += 1
-    return len(payload) > pos and not payload[pos] & 0x01
-
-
-def _h264_keyframe(payload: bytes) -> bool:
-    """Whether an RTP H.264 payload carries (the start of) an IDR picture or an SPS."""
-    if not payload:
-        return False
-    nal = payload[0] & 0x1F
-    if nal in (5, 7):
-        return True
-    if nal == 24:  # STAP-A: 2-byte sizes before each NAL unit
-        pos = 1
-        while pos + 2 < len(payload):
-            size = payload[pos] << 8 | payload[pos + 1]
-            if payload[pos + 2] & 0x1F in (5, 7):
-                return True
-            pos += 2 + size
-        return False
-    if nal == 28 and len(payload) > 1:  # FU-A start fragment
-        return bool(payload[1] & 0x80) and payload[1] & 0x1F in (5, 7)
-    return False
 
 
 class StreamCounter:
@@ -362,9 +318,9 @@ class StreamCounter:
     def _keyframe(self, payload_type: int, payload: bytes) -> bool:
         codec = (self.codec_of(payload_type) or "vp8").lower()
         if codec == "h264":
-            return _h264_keyframe(payload)
+            return h264_keyframe(payload)
         if codec == "vp8":
-            return _vp8_keyframe(payload)
+            return vp8_keyframe(payload)[0]
         return False
 
     # -- reading -----------------------------------------------------------

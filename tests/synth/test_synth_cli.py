@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from synth.cli import EXIT_THRESHOLD, EXIT_USAGE, build_parser, main
 from synth.impair import Impairment, ImpairmentError
 from synth.load import LoadOptions, RunPlan, build_plan, schedule, split_plan
-from synth.measure import StreamCounter, _h264_keyframe, _vp8_keyframe
+from synth.measure import StreamCounter
 from synth.report import Threshold, evaluate, format_table, summarize_calls
 from tests import netns
 from tests.conftest import AppFactory
@@ -75,16 +75,6 @@ def test_counter_reports_freezes() -> None:
         counter.on_packet(96, 1, i, i * 6000, b"\x00\x00", 50.0 + at)
     assert [round(f.duration_ms) for f in counter.freezes] == [467]
     assert counter.window(50, 51)["freezes"] == 1
-
-
-def test_keyframe_detection() -> None:
-    assert _vp8_keyframe(bytes([0x90, 0x80, 0x12, 0x00]))  # X, I (7-bit picture id), keyframe
-    assert not _vp8_keyframe(bytes([0x90, 0x80, 0x12, 0x01]))
-    assert not _vp8_keyframe(bytes([0x00, 0x00]))  # not the start of a partition
-    assert _h264_keyframe(bytes([0x65]))  # IDR
-    assert _h264_keyframe(bytes([0x78, 0x00, 0x02, 0x67, 0x42]))  # STAP-A with an SPS
-    assert _h264_keyframe(bytes([0x7C, 0x85]))  # FU-A start of an IDR
-    assert not _h264_keyframe(bytes([0x41]))
 
 
 def test_plan_ramps_calls_interleaved_and_splits_whole_calls() -> None:
@@ -240,12 +230,15 @@ def _has_matplotlib() -> bool:
 async def test_cheap_calls_in_worker_processes_behind_lossy_link(
     relay_url: str, tmp_path: Path
 ) -> None:
-    """Clip publishers, counting subscribers, two worker processes, 10 % UDP loss each way."""
+    """Clip publishers, counting subscribers, two worker processes, 5 % UDP loss each way.
+
+    The warm-up leaves time for DTLS to retransmit a lost handshake flight (1 s, then 2 s).
+    """
     report_path = tmp_path / "report.json"
     code, out, err = await run_synth(
         relay_url, "--jwt-secret", TEST_JWT_SECRET, "--calls", "2", "--cheap", "--full-calls",
-        "0", "--procs", "2", "--duration", "3", "--warmup", "1.5", "--resolution", "320x240",
-        "--bitrate", "200", "--loss", "10", "--json", str(report_path), "--no-progress",
+        "0", "--procs", "2", "--duration", "3", "--warmup", "3", "--resolution", "320x240",
+        "--bitrate", "200", "--loss", "5", "--json", str(report_path), "--no-progress",
     )  # fmt: skip
     assert code == 0, (out, err)
     report = json.loads(report_path.read_text())
@@ -253,10 +246,10 @@ async def test_cheap_calls_in_worker_processes_behind_lossy_link(
     assert (s["calls_ok"], s["streams_flowing"]) == (2, 4), (s, out, err)
     assert s["frames_decoded"] == 0  # nobody decoded
     assert s["video_latency_ms"]["n"] == 0
-    # 10 % each way ≈ 19 % end to end; generous bounds
-    assert 3 < s["video_loss_pct"] < 45, s
+    # 5 % each way ≈ 10 % end to end; generous bounds
+    assert 2 < s["video_loss_pct"] < 30, s
     assert s["video_residual_loss_pct"] <= s["video_loss_pct"], s
-    assert report["impairment"]["loss_pct"] == 10
+    assert report["impairment"]["loss_pct"] == 5
     assert report["target"]["clients_use"] == relay_url  # a local address: reached directly
 
 
