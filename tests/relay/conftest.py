@@ -10,9 +10,12 @@ from aiohttp.test_utils import TestServer
 
 from relay.sfu import Relay
 from smiling_relay.appkeys import RELAY_KEY
+from storage.base import Storage
 from synth.client import CallClient
 from tests import netns
 from tests.conftest import AppFactory
+from tests.helpers import Booking, BookingFactory
+from tests.relay.helpers import open_room
 
 ClientMaker = Callable[..., Awaitable[CallClient]]
 
@@ -36,6 +39,13 @@ async def server(
 @pytest.fixture
 def relay(server: TestServer) -> Relay:
     return server.app[RELAY_KEY]
+
+
+@pytest.fixture
+async def booked_room(booking_factory: BookingFactory, storage: Storage) -> tuple[Booking, str]:
+    """A joinable session (client + psychologist, Confirmed, Paid, starting soon) and its room."""
+    booking = await booking_factory()
+    return booking, await open_room(storage, booking)
 
 
 @pytest.fixture

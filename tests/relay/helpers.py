@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 from storage.base import Storage
 from synth.client import CallClient
@@ -45,3 +46,19 @@ async def hears(listener: CallClient, speaker: CallClient, marks: int = 3) -> li
     assert probe is not None
     await probe.wait_for_marks(marks, 10)
     return list(probe.mark_latencies_ms)
+
+
+async def connected_pair(
+    make_client: Callable[..., Awaitable[CallClient]], room_id: str, first: str, second: str
+) -> tuple[CallClient, CallClient]:
+    """Two participants (tokens `first`, `second`) in a call, each decoding the other's video.
+
+    The first paints source id 1, the second source id 2.
+    """
+    a = await make_client(first)
+    b = await make_client(second)
+    await join_and_publish(a, room_id, source_id=1)
+    await join_and_publish(b, room_id, source_id=2)
+    await sees(a, b, source_id=2, frames=3)
+    await sees(b, a, source_id=1, frames=3)
+    return a, b

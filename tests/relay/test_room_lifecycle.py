@@ -16,16 +16,15 @@ from aiohttp.test_utils import TestServer
 from relay.sfu import Relay
 from storage.base import Storage
 from synth.client import CallClient, SignalingError
-from tests.helpers import ADMIN_ID, BookingFactory
+from tests.helpers import ADMIN_ID, Booking, BookingFactory
 from tests.relay.conftest import ClientMaker
-from tests.relay.helpers import join_and_publish, open_room, sees
+from tests.relay.helpers import connected_pair, join_and_publish, open_room, sees
 
 
 async def test_three_participants_each_see_the_other_two(
-    booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker, relay: Relay
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
-    booking = await booking_factory()
-    room_id = await open_room(storage, booking)
+    booking, room_id = booked_room
     client = await make_client(booking.client_token)
     psychologist = await make_client(booking.psychologist_token)
     admin = await make_client(booking.admin_token)
@@ -42,10 +41,9 @@ async def test_three_participants_each_see_the_other_two(
 
 
 async def test_late_joiner_gets_a_keyframe_at_once(
-    booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker, relay: Relay
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
-    booking = await booking_factory()
-    room_id = await open_room(storage, booking)
+    booking, room_id = booked_room
     early = await make_client(booking.client_token)
     await join_and_publish(early, room_id, source_id=1)
     producer = next(iter(relay.rooms[room_id].participants.values())).producers
@@ -66,15 +64,12 @@ async def test_late_joiner_gets_a_keyframe_at_once(
 
 
 async def test_reload_replaces_the_old_connection_without_renegotiating(
-    booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker, relay: Relay
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
-    booking = await booking_factory()
-    room_id = await open_room(storage, booking)
-    stayer = await make_client(booking.psychologist_token)
-    first = await make_client(booking.client_token)
-    await join_and_publish(stayer, room_id, source_id=1)
-    await join_and_publish(first, room_id, source_id=2)
-    await sees(stayer, first, source_id=2)
+    booking, room_id = booked_room
+    stayer, first = await connected_pair(
+        make_client, room_id, booking.psychologist_token, booking.client_token
+    )
     offers_before = sum(1 for m in stayer.history if m["event"] == "offer")
     mid_before = stayer.mid_of(first.socket_id or "", "video")
 
@@ -99,15 +94,12 @@ async def test_reload_replaces_the_old_connection_without_renegotiating(
 
 
 async def test_leaving_frees_the_tracks_and_the_last_one_out_closes_the_room(
-    booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker, relay: Relay
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
-    booking = await booking_factory()
-    room_id = await open_room(storage, booking)
-    stayer = await make_client(booking.client_token)
-    leaver = await make_client(booking.psychologist_token)
-    await join_and_publish(stayer, room_id, source_id=1)
-    await join_and_publish(leaver, room_id, source_id=2)
-    await sees(stayer, leaver, source_id=2)
+    booking, room_id = booked_room
+    stayer, leaver = await connected_pair(
+        make_client, room_id, booking.client_token, booking.psychologist_token
+    )
 
     mark = len(stayer.history)
     await leaver.leave()
@@ -122,10 +114,9 @@ async def test_leaving_frees_the_tracks_and_the_last_one_out_closes_the_room(
 
 
 async def test_admin_observer_without_a_user_record_can_join(
-    booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker
+    booked_room: tuple[Booking, str], make_client: ClientMaker
 ) -> None:
-    booking = await booking_factory()
-    room_id = await open_room(storage, booking)
+    booking, room_id = booked_room
     admin = await make_client(booking.admin_token)
     joined = await admin.join(room_id)
     assert joined["roomId"] == room_id
@@ -148,17 +139,14 @@ def _own_threads() -> int:
 
 
 async def test_churn_leaks_no_rooms_tasks_sockets_or_threads(
-    booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker, relay: Relay
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
-    booking = await booking_factory()
-    room_id = await open_room(storage, booking)
+    booking, room_id = booked_room
 
     async def one_call() -> None:
-        a = await make_client(booking.client_token)
-        b = await make_client(booking.psychologist_token)
-        await join_and_publish(a, room_id, source_id=1)
-        await join_and_publish(b, room_id, source_id=2)
-        await sees(a, b, source_id=2, frames=3)
+        a, b = await connected_pair(
+            make_client, room_id, booking.client_token, booking.psychologist_token
+        )
         await a.close()
         await b.close()
         await a.wait_until(lambda: room_id not in relay.rooms, "the room to close", timeout=30)
@@ -228,17 +216,13 @@ def _drop_udp_from(ports: set[int]) -> None:
 
 
 async def test_a_client_that_falls_silent_is_dropped(
-    booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker, relay: Relay
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
     relay.settings = dataclasses.replace(relay.settings, silence_timeout=2.0)
-    booking = await booking_factory()
-    room_id = await open_room(storage, booking)
-    stayer = await make_client(booking.client_token)
-    vanisher = await make_client(booking.psychologist_token)
-    await join_and_publish(stayer, room_id, source_id=1)
-    await join_and_publish(vanisher, room_id, source_id=2)
-    await sees(stayer, vanisher, source_id=2, frames=3)
-    await sees(vanisher, stayer, source_id=1, frames=3)
+    booking, room_id = booked_room
+    stayer, vanisher = await connected_pair(
+        make_client, room_id, booking.client_token, booking.psychologist_token
+    )
 
     # The tab's network dies but its WebSocket lingers: only the media tells the relay.
     _drop_udp_from(_local_udp_ports(vanisher))

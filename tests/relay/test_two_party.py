@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from relay.sfu import Relay
-from storage.base import Storage
 from synth.tracks import PatternVideoTrack, ToneAudioTrack
-from tests.helpers import BookingFactory
+from tests.helpers import Booking
 from tests.relay.conftest import ClientMaker
-from tests.relay.helpers import hears, open_room, sees
+from tests.relay.helpers import hears, sees
 
 
 async def test_two_participants_exchange_audio_and_video(
-    booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker, relay: Relay
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
-    booking = await booking_factory()
-    room_id = await open_room(storage, booking)
+    booking, room_id = booked_room
     alice = await make_client(booking.client_token)
     bob = await make_client(booking.psychologist_token)
 
@@ -36,10 +34,9 @@ async def test_two_participants_exchange_audio_and_video(
 
 
 async def test_h264_is_forwarded_as_h264(
-    booking_factory: BookingFactory, storage: Storage, make_client: ClientMaker, relay: Relay
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
-    booking = await booking_factory()
-    room_id = await open_room(storage, booking)
+    booking, room_id = booked_room
     sender = await make_client(booking.client_token)
     viewer = await make_client(booking.psychologist_token)
     await sender.join(room_id)
