@@ -12,32 +12,11 @@ import re
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from metrics.collector import PREFIX
+from signaling.protocol import CLIENT_EVENTS, SERVER_EVENTS
 
 # Events of the signaling protocol (docs/signaling.md), by direction.
-WS_EVENTS_IN = (
-    "authenticate",
-    "join-room",
-    "offer",
-    "answer",
-    "ice-candidate",
-    "media-state",
-    "leave-room",
-    "ping",
-)
-WS_EVENTS_OUT = (
-    "authenticated",
-    "room-joined",
-    "user-joined",
-    "user-left",
-    "offer",
-    "answer",
-    "ice-candidate",
-    "tracks",
-    "media-state",
-    "room-left",
-    "pong",
-    "error",
-)
+WS_EVENTS_IN = CLIENT_EVENTS
+WS_EVENTS_OUT = SERVER_EVENTS
 KNOWN_WS_EVENTS = frozenset(WS_EVENTS_IN + WS_EVENTS_OUT)
 WS_DIRECTIONS = frozenset({"in", "out"})
 ERROR_SOURCES = frozenset({"api", "ws", "relay"})

@@ -22,6 +22,20 @@ CLIENT_EVENTS = (
     "leave-room",
     "ping",
 )
+SERVER_EVENTS = (
+    "authenticated",
+    "room-joined",
+    "user-joined",
+    "user-left",
+    "offer",
+    "answer",
+    "ice-candidate",
+    "tracks",
+    "media-state",
+    "room-left",
+    "pong",
+    "error",
+)
 
 
 class ProtocolError(Exception):
