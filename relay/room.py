@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+class RoomClosed(Exception):
+    """The room was torn down while a join was in progress: join the relay's current room."""
+
+
 class RoomFull(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the room already has {limit} participants")
@@ -38,11 +42,16 @@ class Room:
 
     async def join(self, info: ParticipantInfo, listener: ParticipantListener) -> Participant:
         """Add a participant; a second connection of the same user replaces the first."""
+        if self.closed:
+            raise RoomClosed
         replaced = [p for p in self.participants.values() if p.info.user_id == info.user_id]
         if not replaced and len(self.participants) >= self.relay.settings.max_participants:
             raise RoomFull(self.relay.settings.max_participants)
         for old in replaced:
-            await self._remove(old, "replaced", tell_them=True)
+            # a reload must not close the room when the reloading user was alone in it
+            await self._remove(old, "replaced", tell_them=True, close_if_empty=False)
+        if self.closed:
+            raise RoomClosed
         participant = Participant(self, info, listener)
         others = list(self.participants.values())
         self.participants[info.socket_id] = participant
@@ -63,7 +72,9 @@ class Room:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _remove(self, participant: Participant, reason: str, tell_them: bool) -> None:
+    async def _remove(
+        self, participant: Participant, reason: str, tell_them: bool, close_if_empty: bool = True
+    ) -> None:
         if self.participants.get(participant.socket_id) is not participant:
             return
         # Membership first, connections last: however long aiortc takes to close (or if it
@@ -78,7 +89,7 @@ class Room:
             participant.listener.closed_by_relay(reason)
         for other in self.participants.values():
             other.listener.user_left(participant, reason)
-        if not self.participants:
+        if close_if_empty and not self.participants:
             await self.relay.close_room(self)
         await participant.close()
 

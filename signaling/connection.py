@@ -17,7 +17,7 @@ from api.auth import AuthError, Identity, decode_token
 from metrics.hooks import count_error, count_ws_message
 from relay.negotiation import NegotiationError
 from relay.participant import Participant, ParticipantInfo, TrackInfo
-from relay.room import Room, RoomFull
+from relay.room import Room, RoomClosed, RoomFull
 from relay.sfu import Relay
 from signaling import protocol
 from signaling.protocol import Message, ProtocolError
@@ -236,12 +236,9 @@ class SignalingConnection:
             user_name=user.name if user else ROLE_NAMES.get(identity.role, identity.role),
             role=decision.participant_role or identity.role,
         )
-        room = self.relay.room(room_id)
         try:
-            participant = await room.join(info, self)
-        except RoomFull as exc:
-            if not room.participants:
-                await self.relay.close_room(room)
+            room, participant = await self._enter(room_id, info)
+        except RoomFull as exc:  # a full room has participants: nothing to tidy up
             await self._audit("join_denied", "denied", session.id, room_id, now, "ROOM_FULL")
             raise ProtocolError("ROOM_FULL", str(exc), {"maxParticipants": exc.limit}) from None
         self.room, self.participant = room, participant
@@ -259,6 +256,17 @@ class SignalingConnection:
                 ],
             },
         )
+
+    async def _enter(self, room_id: str, info: ParticipantInfo) -> tuple[Room, Participant]:
+        """Join the relay's room; if it closes under us (its last participant just left), the
+        relay opens a fresh one for the same id."""
+        for _ in range(3):
+            room = self.relay.room(room_id)
+            try:
+                return room, await room.join(info, self)
+            except RoomClosed:
+                continue
+        raise ProtocolError("INTERNAL_ERROR", "the room kept closing; try again")
 
     async def _audit(
         self,

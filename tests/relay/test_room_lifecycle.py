@@ -239,3 +239,22 @@ async def test_a_client_that_falls_silent_is_dropped(
         assert relay.active_participants() == 1
     finally:
         subprocess.run(["nft", "delete", "table", "inet", "silence"], capture_output=True)  # noqa: ASYNC221
+
+
+async def test_reloading_alone_keeps_the_room_for_the_other_participant(
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
+) -> None:
+    booking, room_id = booked_room
+    waiting = await make_client(booking.client_token)
+    await join_and_publish(waiting, room_id, source_id=1)
+    room = relay.rooms[room_id]
+
+    reloaded = await make_client(booking.client_token)  # the client reloads while alone
+    await join_and_publish(reloaded, room_id, source_id=3)
+    await waiting.wait_for("error", lambda d: d["code"] == "REPLACED")
+    assert relay.rooms.get(room_id) is room and not room.closed
+
+    psychologist = await make_client(booking.psychologist_token)
+    joined = await psychologist.join(room_id)
+    assert [p["socketId"] for p in joined["participants"]] == [reloaded.socket_id]
+    await sees(psychologist, reloaded, source_id=3)
