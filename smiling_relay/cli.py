@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Everything after `synth` is passed untouched to `synth.cli.main(argv)` (see main()).
     sub.add_parser(
         "synth",
-        help="synthetic media and QA calls (if the synth package provides a CLI)",
+        help="synthetic QA calls against a relay: latency, fps, freezes, loss (docs/synth.md)",
         add_help=False,
     )
     return parser
