@@ -22,9 +22,7 @@ should expect ``frame_index`` to wrap to 0 at each loop.
 
 from __future__ import annotations
 
-import asyncio
 import fractions
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -32,6 +30,7 @@ from typing import Literal
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from synth.pacing import Pacer
 from synth.pattern import PatternPainter
 
 __all__ = ["VIDEO_TIME_BASE", "EncodedFrame", "PacketVideoTrack", "encode_clip", "make_encoder"]
@@ -165,7 +164,7 @@ class PacketVideoTrack(MediaStreamTrack):
         self._looping = loop
         self._pos = 0
         self._count = 0
-        self._start: float | None = None
+        self._pacer = Pacer(1 / fps, max_lag=1.0)
         self.loops_completed = 0
 
     async def recv(self) -> av.Packet:
@@ -177,15 +176,7 @@ class PacketVideoTrack(MediaStreamTrack):
                 raise MediaStreamError
             self._pos = 0
             self.loops_completed += 1
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            target = self._start + self._count / self._fps
-            if target - now > 0:
-                await asyncio.sleep(target - now)
-            elif now - target > 1.0:  # consumer stalled: do not burst to catch up
-                self._start = now - self._count / self._fps
+        await self._pacer.wait(self._count)
         ef = self._frames[self._pos]
         packet = av.Packet(ef.data)
         packet.pts = self._count * VIDEO_CLOCK_RATE // self._fps

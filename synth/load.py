@@ -52,6 +52,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from synth.measure import StreamCounter, loadavg, proc_cpu_seconds, summarize
+from synth.pacing import Pacer
 from synth.probe import AudioProbe, VideoProbe
 
 logger = logging.getLogger(__name__)
@@ -390,20 +391,12 @@ class PacketAudioTrack(MediaStreamTrack):
             raise ValueError("no packets")
         self._packets = list(packets)
         self._count = 0
-        self._start: float | None = None
+        self._pacer = Pacer(AUDIO_PTIME_S, max_lag=0.5)
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            target = self._start + self._count * AUDIO_PTIME_S
-            if target > now:
-                await asyncio.sleep(target - now)
-            elif now - target > 0.5:  # stalled: do not burst
-                self._start = now - self._count * AUDIO_PTIME_S
+        await self._pacer.wait(self._count)
         packet = av.Packet(self._packets[self._count % len(self._packets)])
         packet.pts = self._count * 960
         packet.time_base = fractions.Fraction(1, 48000)
@@ -429,7 +422,7 @@ class ClipVideoTrack(MediaStreamTrack):
         self._fps = fps
         self._pos = start % len(self._frames)
         self._count = 0
-        self._start: float | None = None
+        self._pacer = Pacer(1 / fps, max_lag=1.0)
         self._sender: Any = None
         self.keyframes_forced = 0
 
@@ -446,15 +439,7 @@ class ClipVideoTrack(MediaStreamTrack):
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
-        if self._start is None:
-            self._start = now
-        else:
-            target = self._start + self._count / self._fps
-            if target > now:
-                await asyncio.sleep(target - now)
-            elif now - target > 1.0:  # stalled: do not burst to catch up
-                self._start = now - self._count / self._fps
+        await self._pacer.wait(self._count)
         if self._keyframe_requested() and not self._frames[self._pos].keyframe:
             self._pos = next((k for k in self._keyframes if k > self._pos), self._keyframes[0])
             self.keyframes_forced += 1

@@ -22,16 +22,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.netns, pytest.mark.media]
 async def test_dropped_websocket_reconnects_and_media_resumes(
     browsers: Browsers, server: Server, booking_factory: BookingFactory
 ) -> None:
-    booking = await booking_factory()
-    client = await browsers.page("client")
-    psychologist = await browsers.page("psychologist")
-    await psychologist.goto(
-        pages.call_url(server.base_url, booking.session.id, booking.psychologist_token)
-    )
-    await client.goto(pages.call_url(server.base_url, booking.session.id, booking.client_token))
-    await pages.wait_phase(client, "connected")
-    await pages.wait_remote_count(psychologist, 1)
-    await pages.wait_video_decoding(psychologist)
+    client, psychologist = await start_call(browsers, server, booking_factory)
 
     # The network drops the client's WebSocket: it shows "reconnecting", then is back in.
     await client.evaluate("window.smilingCall.dropConnection()")

@@ -102,6 +102,19 @@ def _relay_view(server: RelayServer, room_id: str) -> dict[str, SelectedPair | N
     }
 
 
+async def call_between(browser: Endpoint, peer: Endpoint) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start the page, then the aiortc participant, and wait until each has verified the other's
+    media. The aiortc participant waits a bounded time for the other one: it starts once the page
+    is in the call."""
+    await browser.start()
+    await browser.next_event("connected", STEP)
+    await peer.start()
+    seen_by_browser, seen_by_peer = await asyncio.gather(
+        browser.next_event("verified", STEP), peer.next_event("verified", STEP)
+    )
+    return seen_by_browser, seen_by_peer
+
+
 async def test_chromium_behind_symmetric_nat_reaches_aiortc_only_through_the_relay(
     chromium: None,
     nat_topology: topology.Topology,
@@ -130,14 +143,7 @@ async def test_chromium_behind_symmetric_nat_reaches_aiortc_only_through_the_rel
             "--stun", stun,
         )  # fmt: skip
         try:
-            await browser.start()
-            # the aiortc participant waits a bounded time for the other one: start it once the
-            # page is in the call
-            await browser.next_event("connected", STEP)
-            await peer.start()
-            seen_by_browser, seen_by_peer = await asyncio.gather(
-                browser.next_event("verified", STEP), peer.next_event("verified", STEP)
-            )
+            seen_by_browser, seen_by_peer = await call_between(browser, peer)
             relay_pairs = _relay_view(server, room_id)  # while both still publish
             call_verified.set()
             attempt = await direct
@@ -230,12 +236,7 @@ async def test_relay_only_chromium_calls_through_coturn(
         "--token", booking.psychologist_token, "--room", room_id, "--source-id", "42",
     )  # fmt: skip
     try:
-        await browser.start()
-        await browser.next_event("connected", STEP)
-        await peer.start()
-        seen_by_browser, seen_by_peer = await asyncio.gather(
-            browser.next_event("verified", STEP), peer.next_event("verified", STEP)
-        )
+        seen_by_browser, seen_by_peer = await call_between(browser, peer)
         relay_pairs = _relay_view(server, room_id)
     finally:
         await asyncio.gather(browser.stop(), peer.stop())

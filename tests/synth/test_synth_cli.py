@@ -232,12 +232,12 @@ async def test_cheap_calls_in_worker_processes_behind_lossy_link(
 ) -> None:
     """Clip publishers, counting subscribers, two worker processes, 5 % UDP loss each way.
 
-    The warm-up leaves time for DTLS to retransmit a lost handshake flight (1 s, then 2 s).
+    The warm-up leaves time for DTLS to retransmit a lost handshake flight (1 s, 2 s, then 4 s).
     """
     report_path = tmp_path / "report.json"
     code, out, err = await run_synth(
         relay_url, "--jwt-secret", TEST_JWT_SECRET, "--calls", "2", "--cheap", "--full-calls",
-        "0", "--procs", "2", "--duration", "3", "--warmup", "3", "--resolution", "320x240",
+        "0", "--procs", "2", "--duration", "3", "--warmup", "7", "--resolution", "320x240",
         "--bitrate", "200", "--loss", "5", "--json", str(report_path), "--no-progress",
     )  # fmt: skip
     assert code == 0, (out, err)
