@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from api.auth import Identity
+from calls.identity import Identity
 from storage.base import SessionRecord, format_datetime
 
 JOIN_OPENS_BEFORE = timedelta(minutes=15)

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api.auth import Identity
+from calls.identity import Identity
 from storage.base import AuditEntry, Storage, is_object_id
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from api.auth import Identity, try_authenticate
+from api.auth import try_authenticate
 from api.errors import RATE_LIMITED, ApiError
+from calls.identity import Identity
 from smiling_relay.appkeys import API_RATE_LIMITER_KEY
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -102,12 +103,6 @@ class RateLimiter:
         allowed = remaining > 0 or not self.enabled
         retry = 0 if allowed else max(1, math.ceil(reset_at - now))
         return RateLimitResult(allowed, self.limit, remaining, reset_at, retry)
-
-    def reset(self, key: str | None = None) -> None:
-        if key is None:
-            self._hits.clear()
-        else:
-            self._hits.pop(key, None)
 
     def _expire(self, hits: deque[float], now: float) -> None:
         while hits and hits[0] <= now - self.window:

@@ -16,7 +16,7 @@ from aiohttp import web
 from api import access
 from api.access import AccessDecision, evaluate_access
 from api.audit import ALLOWED, DENIED, record_request_access
-from api.auth import Identity, authenticate
+from api.auth import authenticate
 from api.errors import (
     CALL_ALREADY_ENDED,
     CALL_NOT_STARTED,
@@ -35,6 +35,7 @@ from api.validation import (
     unknown_fields,
 )
 from api.views import call_fields_json, history_item_json, iso, participants_json, session_json
+from calls.identity import Identity
 from smiling_relay.appkeys import CONFIG_KEY, STORAGE_KEY
 from storage.base import SessionRecord, Storage, call_duration_minutes
 

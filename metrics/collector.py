@@ -30,7 +30,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from relay.stats import CallClosed, Histogram, RelayStats, StreamSample
+from relay.stats import CallClosed, ConnectionFailure, Histogram, RelayStats, StreamSample
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ STREAM_LABELS = ("call", "participant", "role", "source", "kind", "direction")
 MAX_REASON_LENGTH = 64
 # Failure reasons the relay reports (relay/participant.py); exported at 0 before the first
 # failure so rate() and alerts have a series to work on.
-KNOWN_FAILURE_REASONS = ("ice", "dtls")
+KNOWN_FAILURE_REASONS = tuple(ConnectionFailure)
 
 
 class RelayLike(Protocol):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aiortc.rtp import RtcpReceiverInfo, RtcpSenderInfo, RtcpSrPacket
 
-from relay.aiortc_adapter import MediaTransport
+from relay._aiortc import MediaTransport
 from relay.negotiation import Codec
 from relay.producer import Producer
 from relay.rtp import FIXED_HEADER, abs_send_time_now, build_extension_block

@@ -9,7 +9,6 @@ from aiortc.sdp import SessionDescription
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
-AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
 
 # What the relay accepts from publishers, best first. Forwarding never transcodes, so subscribers
 # are offered exactly the publisher's codec.

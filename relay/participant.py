@@ -11,7 +11,6 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
@@ -30,9 +29,8 @@ from aiortc.rtp import (
 )
 from aiortc.sdp import candidate_from_sdp
 
-from relay import aiortc_adapter
-from relay import ice as relay_ice
-from relay.aiortc_adapter import IdleTrack, MediaTransport
+from relay import _aiortc
+from relay._aiortc import IdleTrack, MediaTransport
 from relay.forwarder import Forwarder, SendParameters
 from relay.negotiation import (
     ABS_SEND_TIME_URI,
@@ -43,7 +41,9 @@ from relay.negotiation import (
     parse_sections,
 )
 from relay.producer import Producer
+from relay.reasons import LeaveReason
 from relay.rtp import find_extension, payload_bounds
+from relay.stats import ConnectionFailure
 
 if TYPE_CHECKING:
     from relay.room import Room
@@ -66,24 +66,16 @@ class TrackInfo:
     socket_id: str | None  # whose media arrives on this transceiver; None while it is idle
     user_id: str | None
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "mid": self.mid,
-            "kind": self.kind,
-            "socketId": self.socket_id,
-            "userId": self.user_id,
-        }
-
 
 class ParticipantListener(Protocol):
     """What the relay tells the participant's signaling connection. Calls must not block."""
 
     def user_joined(self, other: Participant) -> None: ...
-    def user_left(self, other: Participant, reason: str) -> None: ...
+    def user_left(self, other: Participant, reason: LeaveReason) -> None: ...
     def media_state_changed(self, other: Participant) -> None: ...
     def subscriber_offer(self, sdp: str, tracks: list[TrackInfo]) -> None: ...
     def tracks_changed(self, tracks: list[TrackInfo]) -> None: ...
-    def closed_by_relay(self, reason: str) -> None: ...
+    def closed_by_relay(self, reason: LeaveReason) -> None: ...
     def negotiation_failed(self, message: str) -> None: ...
 
 
@@ -101,9 +93,6 @@ class MediaState:
     video: bool = True
     screen: bool = False
 
-    def as_dict(self) -> dict[str, bool]:
-        return {"audio": self.audio, "video": self.video, "screen": self.screen}
-
 
 @dataclass
 class _PublisherRouting:
@@ -119,7 +108,7 @@ class Participant:
         self.listener = listener
         self.media = MediaState()
         self.joined_at = time.monotonic()
-        self.joined_at_iso = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        self.joined_at_wall = time.time()
         self.first_media_at: float | None = None
         self.producers: dict[str, Producer] = {}
         self.slots: list[Slot] = []
@@ -157,7 +146,7 @@ class Participant:
             except Exception as exc:
                 raise NegotiationError(f"the offer was refused: {exc}") from exc
             for transceiver in pc.getTransceivers():
-                aiortc_adapter.keep_decoder_stopped(transceiver.receiver)
+                _aiortc.keep_decoder_stopped(transceiver.receiver)
             await pc.setLocalDescription(await pc.createAnswer())
             answer = pc.localDescription.sdp
             new_producers = self._add_producers(pc, offered, parse_sections(answer))
@@ -170,7 +159,7 @@ class Participant:
     ) -> list[Producer]:
         transport = self._publisher_transport
         if transport is None:
-            dtls = aiortc_adapter.dtls_transport_of(pc)
+            dtls = _aiortc.dtls_transport_of(pc)
             if dtls is None:
                 return []
             transport = self._publisher_transport = MediaTransport(dtls)
@@ -192,7 +181,7 @@ class Participant:
                 mid=section.mid,
                 kind=section.kind,
                 codec=section.codec,
-                rtcp_ssrc=aiortc_adapter.sender_ssrcs(transceiver.sender)[0],
+                rtcp_ssrc=_aiortc.sender_ssrcs(transceiver.sender)[0],
                 send_rtcp=self._send_publisher_rtcp,
                 abs_send_time_id=section.extensions.get(ABS_SEND_TIME_URI, 0),
                 forwarding_delay=self._relay.stats.forwarding_delay,
@@ -333,7 +322,7 @@ class Participant:
     def _add_slot(self, pc: RTCPeerConnection, producer: Producer) -> None:
         transceiver = pc.addTransceiver(IdleTrack(producer.kind), direction="sendonly")
         transceiver.setCodecPreferences(producer.codec.capabilities())
-        ssrc, rtx_ssrc = aiortc_adapter.sender_ssrcs(transceiver.sender)
+        ssrc, rtx_ssrc = _aiortc.sender_ssrcs(transceiver.sender)
         forwarder = Forwarder(
             kind=producer.kind,
             ssrc=ssrc,
@@ -367,7 +356,7 @@ class Participant:
     def _start_slots(self, pc: RTCPeerConnection, answered: dict[str, MediaSection]) -> None:
         transport = self._subscriber_transport
         if transport is None:
-            dtls = aiortc_adapter.dtls_transport_of(pc)
+            dtls = _aiortc.dtls_transport_of(pc)
             if dtls is None:
                 return
             transport = self._subscriber_transport = MediaTransport(dtls)
@@ -429,14 +418,18 @@ class Participant:
 
     def _new_connection(self, role: str) -> RTCPeerConnection:
         pc = RTCPeerConnection(self._relay.settings.rtc_configuration())
-        relay_ice.restrict_gathering(pc, self._relay.settings)
+        _aiortc.restrict_gathering(pc, self._relay.settings)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
             if pc.connectionState == "failed" and not self.closed:
-                reason = "ice" if pc.iceConnectionState == "failed" else "dtls"
-                self._relay.stats.connection_failures[reason] += 1
-                self.room.drop(self, "ice-failed")
+                failure = (
+                    ConnectionFailure.ICE
+                    if pc.iceConnectionState == "failed"
+                    else ConnectionFailure.DTLS
+                )
+                self._relay.stats.connection_failures[failure] += 1
+                self.room.drop(self, LeaveReason.ICE_FAILED)
 
         return pc
 
@@ -460,8 +453,8 @@ class Participant:
         """Periodic RTCP: receiver reports and REMB to the publisher, sender reports to us."""
         now = self._relay.clock()
         if self._silent_since(now) > self._relay.settings.silence_timeout:
-            self._relay.stats.connection_failures["timeout"] += 1
-            self.room.drop(self, "timeout")
+            self._relay.stats.connection_failures[ConnectionFailure.TIMEOUT] += 1
+            self.room.drop(self, LeaveReason.TIMEOUT)
             return
         reports = [r for p in self.producers.values() if (r := p.receiver_report(now))]
         if reports and self._publisher_transport is not None:
@@ -496,23 +489,16 @@ class Participant:
     def _publisher_rtcp_ssrc(self) -> int:
         pc = self._publisher_pc
         transceivers = pc.getTransceivers() if pc else []
-        return aiortc_adapter.sender_ssrcs(transceivers[0].sender)[0] if transceivers else 0
+        return _aiortc.sender_ssrcs(transceivers[0].sender)[0] if transceivers else 0
 
     def codec_work(self) -> tuple[int, int]:
         """(decoders, encoders) running for this participant's tracks: (0, 0) when forwarding."""
         decoders = encoders = 0
         for pc in (self._publisher_pc, self._subscriber_pc):
             if pc is not None:
-                d, e = aiortc_adapter.codec_work(pc)
+                d, e = _aiortc.codec_work(pc)
                 decoders, encoders = decoders + d, encoders + e
         return decoders, encoders
-
-    def connection_states(self) -> dict[str, str]:
-        return {
-            role: pc.connectionState
-            for role, pc in (("publisher", self._publisher_pc), ("subscriber", self._subscriber_pc))
-            if pc is not None
-        }
 
     async def close(self) -> None:
         if self.closed:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from relay.participant import Participant, ParticipantInfo, ParticipantListener
 from relay.producer import Producer
+from relay.reasons import LeaveReason
 from relay.stats import StreamSample
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class Room:
             raise RoomFull(self.relay.settings.max_participants)
         for old in replaced:
             # a reload must not close the room when the reloading user was alone in it
-            await self._remove(old, "replaced", tell_them=True, close_if_empty=False)
+            await self._remove(old, LeaveReason.REPLACED, tell_them=True, close_if_empty=False)
         if self.closed:
             raise RoomClosed
         participant = Participant(self, info, listener)
@@ -63,17 +64,21 @@ class Room:
                 participant.subscribe(producer, other.info)
         return participant
 
-    async def leave(self, participant: Participant, reason: str) -> None:
+    async def leave(self, participant: Participant, reason: LeaveReason) -> None:
         await self._remove(participant, reason, tell_them=False)
 
-    def drop(self, participant: Participant, reason: str) -> None:
+    def drop(self, participant: Participant, reason: LeaveReason) -> None:
         """Remove a participant from a callback that cannot wait (connection failed)."""
         task = asyncio.create_task(self._remove(participant, reason, tell_them=True))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _remove(
-        self, participant: Participant, reason: str, tell_them: bool, close_if_empty: bool = True
+        self,
+        participant: Participant,
+        reason: LeaveReason,
+        tell_them: bool,
+        close_if_empty: bool = True,
     ) -> None:
         if self.participants.get(participant.socket_id) is not participant:
             return
@@ -164,5 +169,5 @@ class Room:
         for participant in list(self.participants.values()):
             self._remember(participant)
             await participant.close()
-            participant.listener.closed_by_relay("shutdown")
+            participant.listener.closed_by_relay(LeaveReason.SHUTDOWN)
         self.participants.clear()

@@ -10,7 +10,6 @@ import struct
 import time
 
 FIXED_HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
-SEQ_TS_SSRC = struct.Struct("!HII")
 ONE_BYTE_PROFILE = 0xBEDE
 ABS_SEND_TIME_SCALE = 1 << 18  # abs-send-time is 6.18 fixed-point seconds
 

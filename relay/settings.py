@@ -15,8 +15,8 @@ class RelaySettings:
     max_participants: int = 4
     keyframe_interval: float = 0.5  # at most one PLI per publisher track per interval
     rtcp_interval: float = 1.0  # receiver/sender reports and REMB refresh
-    # Host candidates (relay/ice.py): the address advertised instead of the bound one (1:1 NAT),
-    # the local addresses to gather on (empty: every interface), an inclusive UDP port range.
+    # Host candidates (relay/_aiortc/gathering.py): the address advertised instead of the bound
+    # one (1:1 NAT), the local addresses to gather on (empty: every interface), a UDP port range.
     announced_ip: str | None = None
     bind_ips: tuple[str, ...] = ()
     udp_ports: tuple[int, int] | None = None

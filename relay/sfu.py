@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 
-from relay import aiortc_adapter
+from relay import _aiortc
 from relay.room import Room
 from relay.settings import RelaySettings
 from relay.stats import CallClosed, RelayStats, StreamSample
@@ -21,7 +21,7 @@ class Relay:
     """Rooms live wholly inside one process (one core): state stays on this object, never global."""
 
     def __init__(self, settings: RelaySettings | None = None) -> None:
-        aiortc_adapter.self_test()
+        _aiortc.self_test()
         self.settings = settings or RelaySettings()
         self.stats = RelayStats()
         self.rooms: dict[str, Room] = {}

@@ -10,6 +10,7 @@ import time
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 # Upper bounds (seconds) of the forwarding-delay histogram: packet arrival at the relay's socket
 # reader to hand-off of the rewritten packet to the subscriber's transport.
@@ -27,6 +28,14 @@ FORWARDING_DELAY_BUCKETS = (
 )
 # Upper bounds (seconds) of the join → first media histogram.
 SETUP_TIME_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+class ConnectionFailure(StrEnum):
+    """Why a media connection failed: the keys of `RelayStats.connection_failures`."""
+
+    ICE = "ice"
+    DTLS = "dtls"
+    TIMEOUT = "timeout"  # no RTCP for `silence_timeout` although ICE still looked alive
 
 
 @dataclass(slots=True)

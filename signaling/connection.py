@@ -13,10 +13,11 @@ from aiohttp import WSMsgType, web
 
 from api.access import evaluate_access
 from api.audit import client_address, record_access, user_agent
-from api.auth import AuthError, Identity, decode_token
+from calls.identity import AuthError, Identity, decode_token
 from metrics.hooks import count_error, count_ws_message
 from relay.negotiation import NegotiationError
 from relay.participant import Participant, ParticipantInfo, TrackInfo
+from relay.reasons import LeaveReason
 from relay.room import Room, RoomClosed, RoomFull
 from relay.sfu import Relay
 from signaling import protocol
@@ -66,7 +67,7 @@ class SignalingConnection:
             # vanishes, and nothing after the cancellation point would run.
             self._outbox.put_nowait(None)
             # shielded: leaving the room must complete even if this handler is cancelled
-            await asyncio.shield(self._leave("disconnected"))
+            await asyncio.shield(self._leave(LeaveReason.DISCONNECTED))
             with contextlib.suppress(Exception):
                 await self._writer
 
@@ -163,7 +164,7 @@ class SignalingConnection:
             )
         elif event == "leave-room":
             room_id = self._require_room().room_id
-            await self._leave("left")
+            await self._leave(LeaveReason.LEFT)
             self._send("room-left", {"roomId": room_id})
         else:
             await self._dispatch_media(event, data)
@@ -252,7 +253,9 @@ class SignalingConnection:
                 "protocolVersion": protocol.PROTOCOL_VERSION,
                 "maxParticipants": self.relay.settings.max_participants,
                 "participants": [
-                    participant_json(p) for p in room.participants.values() if p is not participant
+                    protocol.participant_json(p)
+                    for p in room.participants.values()
+                    if p is not participant
                 ],
             },
         )
@@ -291,7 +294,7 @@ class SignalingConnection:
             now=now,
         )
 
-    async def _leave(self, reason: str) -> None:
+    async def _leave(self, reason: LeaveReason) -> None:
         room, participant = self.room, self.participant
         self.room = self.participant = None
         if room is not None and participant is not None:
@@ -300,18 +303,22 @@ class SignalingConnection:
     # -- ParticipantListener ------------------------------------------------------------------
 
     def user_joined(self, other: Participant) -> None:
-        self._send("user-joined", participant_json(other))
+        self._send("user-joined", protocol.participant_json(other))
 
-    def user_left(self, other: Participant, reason: str) -> None:
+    def user_left(self, other: Participant, reason: LeaveReason) -> None:
         self._send(
             "user-left",
-            {"socketId": other.socket_id, "userId": other.info.user_id, "reason": reason},
+            {"socketId": other.socket_id, "userId": other.info.user_id, "reason": str(reason)},
         )
 
     def media_state_changed(self, other: Participant) -> None:
         self._send(
             "media-state",
-            {"socketId": other.socket_id, "userId": other.info.user_id, **other.media.as_dict()},
+            {
+                "socketId": other.socket_id,
+                "userId": other.info.user_id,
+                **protocol.media_state_json(other.media),
+            },
         )
 
     def subscriber_offer(self, sdp: str, tracks: list[TrackInfo]) -> None:
@@ -321,26 +328,20 @@ class SignalingConnection:
                 "offer": {"type": "offer", "sdp": sdp},
                 "target": "subscriber",
                 "from": "relay",
-                "tracks": [t.as_dict() for t in tracks],
+                "tracks": [protocol.track_json(t) for t in tracks],
             },
         )
 
     def tracks_changed(self, tracks: list[TrackInfo]) -> None:
-        self._send("tracks", {"tracks": [t.as_dict() for t in tracks]})
+        self._send("tracks", {"tracks": [protocol.track_json(t) for t in tracks]})
 
-    def closed_by_relay(self, reason: str) -> None:
+    def closed_by_relay(self, reason: LeaveReason) -> None:
         """The relay removed this participant (replaced by a reload, ICE failure, shutdown)."""
         self.room = self.participant = None
-        codes = {"replaced": "REPLACED", "ice-failed": "CONNECTION_FAILED"}
-        self._send_error(
-            codes.get(reason, "CALL_ENDED"),
-            {
-                "replaced": "this call was opened again somewhere else",
-                "ice-failed": "the media connection to the relay failed; join again",
-            }.get(reason, "the relay ended the call"),
-            {"reason": reason},
-        )
-        self._outbox.put_nowait({"close": CLOSE_REPLACED if reason == "replaced" else CLOSE_ENDED})
+        code, message = protocol.CLOSED_BY_RELAY.get(reason, protocol.CLOSED_BY_RELAY_DEFAULT)
+        self._send_error(code, message, {"reason": str(reason)})
+        replaced = reason is LeaveReason.REPLACED
+        self._outbox.put_nowait({"close": CLOSE_REPLACED if replaced else CLOSE_ENDED})
 
     def negotiation_failed(self, message: str) -> None:
         self._send_error("NEGOTIATION_FAILED", message, {"target": "subscriber"})
@@ -369,15 +370,3 @@ class SignalingConnection:
 
     async def _close(self, code: int) -> None:
         self._outbox.put_nowait({"close": code})
-
-
-def participant_json(participant: Participant) -> dict[str, Any]:
-    info = participant.info
-    return {
-        "socketId": info.socket_id,
-        "userId": info.user_id,
-        "userName": info.user_name,
-        "userRole": info.role,
-        "joinedAt": participant.joined_at_iso,
-        "media": participant.media.as_dict(),
-    }

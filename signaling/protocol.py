@@ -1,10 +1,15 @@
-"""The wire format of `/ws` (docs/signaling.md): parsing and validating client messages."""
+"""The wire format of `/ws` (docs/signaling.md): client messages parsed and validated, and every
+server message's JSON built here (the media core has no wire format of its own)."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
+
+from relay.participant import MediaState, Participant, TrackInfo
+from relay.reasons import LeaveReason
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -144,6 +149,48 @@ def media_state(data: dict[str, Any]) -> tuple[bool, bool, bool]:
             raise _invalid("media-state", field, "must be true or false")
         values.append(value)
     return values[0], values[1], values[2]
+
+
+# -- server messages ----------------------------------------------------------------------------
+
+# A participant the relay removed is told why with an `error` event: (code, message).
+CLOSED_BY_RELAY = {
+    LeaveReason.REPLACED: ("REPLACED", "this call was opened again somewhere else"),
+    LeaveReason.ICE_FAILED: (
+        "CONNECTION_FAILED",
+        "the media connection to the relay failed; join again",
+    ),
+}
+CLOSED_BY_RELAY_DEFAULT = ("CALL_ENDED", "the relay ended the call")
+
+
+def iso_timestamp(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat().replace("+00:00", "Z")
+
+
+def track_json(track: TrackInfo) -> dict[str, Any]:
+    return {
+        "mid": track.mid,
+        "kind": track.kind,
+        "socketId": track.socket_id,
+        "userId": track.user_id,
+    }
+
+
+def media_state_json(media: MediaState) -> dict[str, bool]:
+    return {"audio": media.audio, "video": media.video, "screen": media.screen}
+
+
+def participant_json(participant: Participant) -> dict[str, Any]:
+    info = participant.info
+    return {
+        "socketId": info.socket_id,
+        "userId": info.user_id,
+        "userName": info.user_name,
+        "userRole": info.role,
+        "joinedAt": iso_timestamp(participant.joined_at_wall),
+        "media": media_state_json(participant.media),
+    }
 
 
 def outbound(event: str, data: dict[str, Any]) -> dict[str, Any]:

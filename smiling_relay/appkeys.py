@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from api.auth import Identity
     from api.ratelimit import RateLimiter
+    from calls.identity import Identity
     from relay.sfu import Relay
     from smiling_relay.config import Config
     from storage.base import Storage

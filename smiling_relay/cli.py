@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from api.auth import mint_token
+from calls.identity import mint_token
 from smiling_relay.config import Config, ConfigError
 from storage.base import ROLES, DuplicateError, Storage, UserRecord, format_datetime, is_object_id
 from storage.factory import open_storage

@@ -51,6 +51,7 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
+from relay._aiortc import take_keyframe_request
 from synth.measure import StreamCounter, loadavg, proc_cpu_seconds, summarize
 from synth.pacing import Pacer
 from synth.probe import AudioProbe, VideoProbe
@@ -251,7 +252,7 @@ async def provision_relay(options: LoadOptions) -> list[tuple[str, str, list[str
                 )  # fmt: skip
                 out.append((options.sessions[i], str(room["roomId"]), tokens))
             return out
-        from api.auth import mint_token
+        from calls.identity import mint_token
 
         assert options.jwt_secret is not None
         secret = options.jwt_secret
@@ -430,11 +431,7 @@ class ClipVideoTrack(MediaStreamTrack):
         self._sender = sender
 
     def _keyframe_requested(self) -> bool:
-        flag = "_RTCRtpSender__force_keyframe"
-        if self._sender is not None and getattr(self._sender, flag, False):
-            setattr(self._sender, flag, False)
-            return True
-        return False
+        return self._sender is not None and take_keyframe_request(self._sender)
 
     async def recv(self) -> av.Packet:
         if self.readyState != "live":

@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from relay._aiortc import keep_decoder_stopped, receiver_codecs, wrap_rtp_handler
+from relay._aiortc.hooks import RtpPacketHandler
 from relay.rtp import h264_keyframe, vp8_keyframe
 from synth.probe import FREEZE_THRESHOLD_MS, percentile
 
@@ -365,27 +367,27 @@ def tap_receiver(receiver: Any, counter: StreamCounter, *, decode: bool = True) 
     go through aiortc's receiver (jitter buffer, NACK, PLI, REMB, receiver reports) but nothing
     is decoded and the track delivers no frames.
     """
-    codecs: dict[int, Any] = getattr(receiver, "_RTCRtpReceiver__codecs", {})
+    codecs = receiver_codecs(receiver)
 
     def codec_of(payload_type: int) -> str | None:
         codec = codecs.get(payload_type)
         return str(codec.mimeType).split("/")[-1] if codec is not None else None
 
     counter.codec_of = codec_of
-    original = receiver._handle_rtp_packet
 
-    async def handle(packet: Any, arrival_time_ms: int) -> None:
-        counter.on_packet(
-            packet.payload_type,
-            packet.ssrc,
-            packet.sequence_number,
-            packet.timestamp,
-            packet.payload,
-        )
-        await original(packet, arrival_time_ms)
+    def wrap(original: RtpPacketHandler) -> RtpPacketHandler:
+        async def handle(packet: Any, arrival_time_ms: int) -> None:
+            counter.on_packet(
+                packet.payload_type,
+                packet.ssrc,
+                packet.sequence_number,
+                packet.timestamp,
+                packet.payload,
+            )
+            await original(packet, arrival_time_ms)
 
-    receiver._handle_rtp_packet = handle
+        return handle
+
+    wrap_rtp_handler(receiver, wrap)
     if not decode:
-        from relay.aiortc_adapter import keep_decoder_stopped
-
         keep_decoder_stopped(receiver)

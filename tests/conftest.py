@@ -27,7 +27,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from api.auth import mint_token
+from calls.identity import mint_token
 from smiling_relay.app import create_app
 from smiling_relay.config import Config
 from storage.base import Storage, UserRecord

@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from api.auth import Identity, decode_token
+from calls.identity import Identity, decode_token
 from smiling_relay import cli
 from storage.sqlite import SQLiteStorage
 from tests.helpers import TEST_JWT_SECRET

@@ -24,7 +24,7 @@ from api.access import (
     is_payment_settled,
     minutes_until,
 )
-from api.auth import Identity
+from calls.identity import Identity
 from storage.base import PAYMENT_STATUSES, SESSION_STATUSES, SessionRecord, call_duration_minutes
 
 CLIENT = "1" * 24

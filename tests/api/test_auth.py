@@ -12,8 +12,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from api import auth
-from api.auth import AuthError, Identity, decode_token, extract_token, mint_token
+from calls import identity as auth
+from calls.identity import AuthError, Identity, decode_token, extract_token, mint_token
 from tests.helpers import TEST_JWT_SECRET, FakeClock, TokenFactory, error_of
 
 USER = "507f1f77bcf86cd799439011"

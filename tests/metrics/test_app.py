@@ -16,8 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.auth import mint_token
 from api.errors import SESSION_NOT_FOUND, ApiError, error_middleware, ok
+from calls.identity import mint_token
 from metrics.hooks import count_error, count_ws_message
 from metrics.keys import METRICS_KEY
 from metrics.setup import setup_metrics

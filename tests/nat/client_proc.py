@@ -26,7 +26,7 @@ from typing import Any, cast
 import aiohttp
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-from relay.ice import selected_pair
+from relay._aiortc import selected_pair
 from synth.client import CallClient
 from tests.relay.helpers import hears, join_and_publish, sees
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from relay.ice import SelectedPair, selected_pair
+from relay._aiortc import SelectedPair, selected_pair
 from storage.base import Storage
 from tests.browser import pages
 from tests.browser.conftest import CHROMIUM

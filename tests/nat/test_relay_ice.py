@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from relay.ice import PortRangeExhausted, bind_udp
+from relay._aiortc import PortRangeExhausted, bind_udp, ice_sockets
 from storage.base import Storage
 from synth.client import CallClient, SignalingError
 from synth.tracks import PatternVideoTrack
@@ -90,12 +90,8 @@ def _relay_sockets(relay: object) -> list[socket.socket]:
     for room in relay.rooms.values():  # type: ignore[attr-defined]
         for participant in room.participants.values():
             for pc in (participant._publisher_pc, participant._subscriber_pc):
-                if pc is None:
-                    continue
-                for transceiver in pc.getTransceivers()[:1]:
-                    gatherer = transceiver.receiver.transport.transport.iceGatherer
-                    for protocol in gatherer._connection._protocols:
-                        sockets.append(protocol.transport.get_extra_info("socket"))
+                if pc is not None:
+                    sockets += ice_sockets(pc)
     return sockets
 
 

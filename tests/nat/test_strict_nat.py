@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from relay.ice import selected_pair
+from relay._aiortc import selected_pair
 from storage.base import Storage
 from tests.helpers import BookingFactory
 from tests.nat import topology

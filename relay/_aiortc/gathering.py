@@ -14,7 +14,7 @@ clients in the same process keep aioice's normal behaviour):
   the bound socket, and the NAT maps the announced address back to it.
 
 STUN and TURN gathering (when the relay has ICE servers of its own) is left to aioice unchanged.
-The aioice internals used here are checked at start-up by `relay.aiortc_adapter.self_test()`
+The aioice internals used here are checked at start-up by `relay._aiortc.self_test()`
 through `internals_problems()`.
 """
 
@@ -251,3 +251,11 @@ def selected_pair(pc: RTCPeerConnection) -> SelectedPair | None:
             remote_address=(remote.host, remote.port),
         )
     return None
+
+
+def ice_sockets(pc: RTCPeerConnection) -> list[socket.socket]:
+    """The UDP sockets behind a connection's (bundled) ICE candidates, for introspection."""
+    for transceiver in pc.getTransceivers()[:1]:
+        connection = transceiver.receiver.transport.transport.iceGatherer._connection
+        return [p.transport.get_extra_info("socket") for p in connection._protocols]
+    return []

@@ -1,0 +1,62 @@
+"""Every touch of aiortc's and aioice's private internals, in one subpackage.
+
+aiortc 1.16.0 and aioice 0.13.0 are pinned; `self_test()` (run once per process by the first
+`Relay()`) checks that every private attribute used here is where this package expects it.
+Nothing outside `relay/_aiortc/` names an aiortc or aioice private attribute: the relay's core
+and the QA tool (`synth/`) use the functions exported here.
+
+    transport.py  MediaTransport: SRTP in and out straight from the ICE socket callback
+    gathering.py  host-candidate gathering: bind addresses, UDP port range, announced address
+    hooks.py      SSRCs, decoder threads, idle senders, keyframe flags, receive taps
+    selftest.py   the version pins and the start-up check
+"""
+
+from relay._aiortc.gathering import (
+    GatheringPolicy,
+    PortRangeExhausted,
+    SelectedPair,
+    bind_udp,
+    ice_sockets,
+    restrict_gathering,
+    selected_pair,
+)
+from relay._aiortc.hooks import (
+    IdleTrack,
+    codec_work,
+    dtls_transport_of,
+    keep_decoder_stopped,
+    receiver_codecs,
+    sender_ssrcs,
+    take_keyframe_request,
+    wrap_rtp_handler,
+)
+from relay._aiortc.selftest import (
+    SUPPORTED_AIOICE,
+    SUPPORTED_AIORTC,
+    AiortcInternalsChanged,
+    self_test,
+)
+from relay._aiortc.transport import MediaTransport
+
+__all__ = [
+    "SUPPORTED_AIOICE",
+    "SUPPORTED_AIORTC",
+    "AiortcInternalsChanged",
+    "GatheringPolicy",
+    "IdleTrack",
+    "MediaTransport",
+    "PortRangeExhausted",
+    "SelectedPair",
+    "bind_udp",
+    "codec_work",
+    "dtls_transport_of",
+    "ice_sockets",
+    "keep_decoder_stopped",
+    "receiver_codecs",
+    "restrict_gathering",
+    "selected_pair",
+    "self_test",
+    "sender_ssrcs",
+    "take_keyframe_request",
+    "wrap_rtp_handler",
+]
