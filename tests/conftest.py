@@ -46,6 +46,9 @@ from tests.helpers import auth_headers as auth_headers_fn
 
 __all__ = ["TEST_JWT_SECRET", "Booking", "FakeClock"]
 
+# In CI a skip for a missing integration component fails the run (tests/require_integration.py).
+pytest_plugins = ["tests.require_integration"]
+
 
 @pytest.fixture
 def clock() -> FakeClock:
