@@ -9,7 +9,7 @@ skip there: no MongoDB server package exists for these machines, so they need `M
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from typing import Any
 
 import pytest
@@ -17,10 +17,9 @@ import pytest
 ALLOWED_SKIPS = ("MONGODB_URI is not set",)
 
 
-def integration_required(environ: Any = os.environ) -> bool:
-    return (
-        environ.get("CI", "").lower() == "true" or environ.get("SMILING_REQUIRE_INTEGRATION") == "1"
-    )
+def integration_required(environ: Mapping[str, str] = os.environ) -> bool:
+    ci = environ.get("CI", "").lower() == "true"
+    return ci or environ.get("SMILING_REQUIRE_INTEGRATION") == "1"
 
 
 def skip_reason(report: pytest.TestReport) -> str:
