@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from datetime import datetime
+from typing import Protocol
 
 from storage.base import Storage
 
-if TYPE_CHECKING:
-    from smiling_relay.config import Config
+
+class StorageSettings(Protocol):
+    """What the factory reads (`smiling_relay.config.Config` has it)."""
+
+    @property
+    def mongodb_uri(self) -> str | None: ...
+    @property
+    def sqlite_path(self) -> str: ...
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
 
 
-def open_storage(config: Config) -> Storage:
+def open_storage(settings: StorageSettings) -> Storage:
     """Build (but do not yet connect) the configured backend; call `initialize()` next."""
-    if config.mongodb_uri:
+    if settings.mongodb_uri:
         from storage.mongo import MongoStorage
 
-        return MongoStorage.from_uri(config.mongodb_uri, clock=config.clock)
+        return MongoStorage.from_uri(settings.mongodb_uri, clock=settings.clock)
     from storage.sqlite import SQLiteStorage
 
-    return SQLiteStorage(config.sqlite_path, clock=config.clock)
+    return SQLiteStorage(settings.sqlite_path, clock=settings.clock)
