@@ -133,7 +133,10 @@ async def create_session(request: web.Request) -> web.Response:
         errors.add("psychologist", "must differ from client")
     session_date = parse_timestamp(body.get("sessionDate"))
     if session_date is None:
-        errors.add("sessionDate", "required, ISO 8601 with a timezone, e.g. 2025-12-15T14:00:00Z")
+        errors.add(
+            "sessionDate",
+            "required, ISO 8601 with a timezone in 1970..2999, e.g. 2025-12-15T14:00:00Z",
+        )
     status, payment = _status_fields(body, errors)
     session_type = choice(body.get("sessionType", "Individual"), SESSION_TYPES)
     if session_type is None:
@@ -192,7 +195,9 @@ async def update_session(request: web.Request) -> web.Response:
     if body.get("sessionDate") is not None:
         session_date = parse_timestamp(body["sessionDate"])
         if session_date is None:
-            errors.add("sessionDate", "ISO 8601 with a timezone, e.g. 2025-12-15T14:00:00Z")
+            errors.add(
+                "sessionDate", "ISO 8601 with a timezone in 1970..2999, e.g. 2025-12-15T14:00:00Z"
+            )
     if status is None and payment is None and session_date is None and not errors.errors:
         errors.add("status", "give at least one of status, paymentStatus, sessionDate")
     errors.raise_if_any()

@@ -8,7 +8,6 @@ failures are logged with their traceback but answered with a generic message.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from calls.client_json import ClientJsonError, load_client_json
 from smiling_relay.appkeys import CONFIG_KEY
 from storage.base import StorageError, format_datetime
 
@@ -174,8 +174,8 @@ async def read_json_object(request: web.Request, *, required: bool = True) -> di
             raise ApiError(400, INVALID_JSON, "A JSON object body is required")
         return {}
     try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = load_client_json(raw)
+    except ClientJsonError as exc:
         raise ApiError(
             400, INVALID_JSON, "Request body is not valid JSON", {"error": str(exc)}
         ) from None

@@ -49,8 +49,14 @@ class FieldErrors:
             raise ApiError(400, VALIDATION_ERROR, "Invalid request fields", {"fields": self.errors})
 
 
+# Timestamps outside these years are typing errors, and near datetime's own limits a session's
+# join window (15 minutes before, 2 hours after) would overflow.
+EARLIEST_YEAR = 1970
+LATEST_YEAR = 2999
+
+
 def parse_timestamp(value: Any) -> datetime | None:
-    """An ISO 8601 timestamp with an explicit offset or `Z`; None if it is not one."""
+    """An ISO 8601 timestamp with an explicit offset or `Z` in years 1970..2999; else None."""
     if not isinstance(value, str) or not value.strip():
         return None
     try:
@@ -59,7 +65,8 @@ def parse_timestamp(value: Any) -> datetime | None:
         return None
     if parsed.tzinfo is None:
         return None
-    return to_utc_ms(parsed)
+    parsed = to_utc_ms(parsed)
+    return parsed if EARLIEST_YEAR <= parsed.year <= LATEST_YEAR else None
 
 
 def choice(value: Any, options: Iterable[str]) -> str | None:

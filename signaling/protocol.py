@@ -3,11 +3,11 @@ server message's JSON built here (the media core has no wire format of its own).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from calls.client_json import ClientJsonError, load_client_json
 from relay.participant import MediaState, Participant, TrackInfo
 from relay.reasons import LeaveReason
 
@@ -63,9 +63,9 @@ def parse_message(text: str) -> Message:
     if len(text) > MAX_MESSAGE_BYTES:
         raise ProtocolError("INVALID_MESSAGE", f"messages are limited to {MAX_MESSAGE_BYTES} bytes")
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError("INVALID_MESSAGE", f"not valid JSON: {exc.msg}") from None
+        raw = load_client_json(text)
+    except ClientJsonError as exc:
+        raise ProtocolError("INVALID_MESSAGE", f"not valid JSON: {exc}") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("event"), str):
         raise ProtocolError("INVALID_MESSAGE", 'expected {"event": string, "data": object}')
     event = raw["event"]

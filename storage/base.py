@@ -77,7 +77,8 @@ def to_utc_ms(value: datetime) -> datetime:
 def format_datetime(value: datetime) -> str:
     """ISO 8601 with milliseconds and `Z`, the way JavaScript's `Date.toJSON()` prints."""
     value = to_utc_ms(value)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    # not strftime: glibc's %Y does not pad years before 1000 to four digits ("999-12-31")
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_datetime(text: str) -> datetime:
