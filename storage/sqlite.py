@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +120,10 @@ class SQLiteStorage:
         self._clock = clock
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
+        # (device, inode) of the file we opened: a deleted or replaced file keeps working through
+        # our open descriptor, so every write would be acknowledged and then lost at restart.
+        self._identity: tuple[int, int] | None = None
+        self._lost_reported = False
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -132,12 +137,32 @@ class SQLiteStorage:
         conn = self._conn
         if conn is None:
             raise StorageError("SQLite storage is closed")
+        self._check_file()
         try:
             return fn(conn)
         except sqlite3.IntegrityError as exc:
             raise DuplicateError(str(exc)) from exc
         except sqlite3.Error as exc:
             raise StorageError(f"SQLite error: {exc}") from exc
+
+    def _check_file(self) -> None:
+        if self._identity is None:
+            return
+        try:
+            stat = os.stat(self.path)
+            same = (stat.st_dev, stat.st_ino) == self._identity
+        except OSError:
+            same = False
+        if same:
+            return
+        if not self._lost_reported:
+            self._lost_reported = True
+            log.error(
+                "the SQLite database %s was deleted or replaced while open: refusing every "
+                "read and write until the service is restarted on a restored file",
+                self.path,
+            )
+        raise StorageError(f"the SQLite database {self.path!r} was deleted or replaced")
 
     def _now(self) -> str:
         return format_datetime(self._clock() if self._clock else datetime.now(UTC))
@@ -169,6 +194,9 @@ class SQLiteStorage:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             _migrate(conn)
+            if self.path != ":memory:":
+                stat = os.stat(self.path)
+                self._identity = (stat.st_dev, stat.st_ino)
             self._conn = conn
             self._prune_audit(conn)
         except sqlite3.Error as exc:
