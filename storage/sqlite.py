@@ -1,4 +1,5 @@
-"""The embedded default backend: one SQLite file in WAL mode.
+"""The embedded default backend: one SQLite file in WAL mode, personal fields encrypted at rest
+when a `FieldCipher` is given (storage/crypto.py).
 
 sqlite3 is blocking, so every statement runs on one dedicated worker thread that owns the
 connection. That serialises this process's access, and every guarded transition is a single
@@ -9,6 +10,7 @@ while the server runs) writes to the same file.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -33,6 +35,7 @@ from storage.base import (
     parse_datetime,
     to_utc_ms,
 )
+from storage.crypto import PREFIX, DecryptionError, FieldCipher
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +103,23 @@ MIGRATIONS: Sequence[tuple[int, Sequence[str]]] = (
             )""",
         ),
     ),
+    (
+        2,
+        (
+            # with DATA_ENCRYPTION_KEY the email column holds ciphertext: lookups and uniqueness
+            # go through this blind index instead (storage/crypto.py)
+            "ALTER TABLE users ADD COLUMN email_index TEXT",
+            "CREATE UNIQUE INDEX users_email_index ON users(email_index)"
+            " WHERE email_index IS NOT NULL",
+        ),
+    ),
+)
+# Personal data encrypted at rest when a cipher is configured: (table, column).
+ENCRYPTED_COLUMNS = (
+    ("users", "name"),
+    ("users", "email"),
+    ("audit_log", "ip_address"),
+    ("audit_log", "user_agent"),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -115,9 +135,16 @@ class SQLiteStorage:
 
     backend = "sqlite"
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        cipher: FieldCipher | None = None,
+    ) -> None:
         self.path = str(path)
         self._clock = clock
+        self._cipher = cipher
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         # (device, inode) of the file we opened: a deleted or replaced file keeps working through
@@ -194,6 +221,7 @@ class SQLiteStorage:
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             _migrate(conn)
+            self._encrypt_at_rest(conn)
             if self.path != ":memory:":
                 stat = os.stat(self.path)
                 self._identity = (stat.st_dev, stat.st_ino)
@@ -201,6 +229,80 @@ class SQLiteStorage:
             self._prune_audit(conn)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open SQLite database {self.path!r}: {exc}") from exc
+
+    def _encrypt_at_rest(self, conn: sqlite3.Connection) -> None:
+        """Bring every personal field under the current key (first start with a key, a key
+        rotation); refuse to start on encrypted data without the key to read it."""
+        cipher = self._cipher
+        if cipher is None:
+            for table, column in ENCRYPTED_COLUMNS:
+                if conn.execute(
+                    f"SELECT 1 FROM {table} WHERE {column} LIKE '{PREFIX}%' LIMIT 1"
+                ).fetchone():
+                    raise StorageError(
+                        f"{self.path} holds encrypted fields ({table}.{column}): "
+                        "set DATA_ENCRYPTION_KEY to the key(s) they were written with"
+                    )
+            return
+        rewritten = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column in ENCRYPTED_COLUMNS:
+                rows = conn.execute(f"SELECT rowid, {column} FROM {table}").fetchall()
+                name = f"{table}.{column}"
+                for rowid, stored in rows:
+                    if not cipher.needs_rewrite(stored):
+                        continue
+                    try:
+                        plain = cipher.decrypt(name, stored)
+                    except DecryptionError as exc:
+                        raise StorageError(
+                            f"{self.path}: {exc}; DATA_ENCRYPTION_KEY must still list every key"
+                            " the stored rows were written with"
+                        ) from exc
+                    conn.execute(
+                        f"UPDATE {table} SET {column} = ? WHERE rowid = ?",
+                        (cipher.encrypt(name, plain), rowid),
+                    )
+                    if name == "users.email" and plain is not None:
+                        conn.execute(
+                            "UPDATE users SET email_index = ? WHERE rowid = ?",
+                            (cipher.blind_index(plain), rowid),
+                        )
+                    rewritten += 1
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        if rewritten:
+            log.info("encrypted %d stored personal fields under key %r", rewritten, cipher.current)
+
+    def _seal(self, column: str, value: str | None) -> str | None:
+        return self._cipher.encrypt(column, value) if self._cipher else value
+
+    def _open_field(self, column: str, stored: str | None) -> str | None:
+        if self._cipher is None:
+            return stored
+        try:
+            return self._cipher.decrypt(column, stored)
+        except DecryptionError as exc:
+            raise StorageError(str(exc)) from exc
+
+    def _user(self, row: sqlite3.Row) -> UserRecord:
+        return UserRecord(
+            id=row["id"],
+            name=self._open_field("users.name", row["name"]) or "",
+            email=self._open_field("users.email", row["email"]),
+            role=row["role"],
+            created_at=_opt_dt(row["created_at"]),
+        )
+
+    def _audit(self, row: sqlite3.Row) -> AuditEntry:
+        return dataclasses.replace(
+            _audit(row),
+            ip_address=self._open_field("audit_log.ip_address", row["ip_address"]),
+            user_agent=self._open_field("audit_log.user_agent", row["user_agent"]),
+        )
 
     def _prune_audit(self, conn: sqlite3.Connection) -> None:
         # MongoDB expires audit entries through a TTL index; here we prune at start-up.
@@ -237,10 +339,21 @@ class SQLiteStorage:
         now = self._now()
         norm_email = email.strip().lower() if email else None
 
+        index = self._cipher.blind_index(norm_email) if self._cipher and norm_email else None
+        row = (
+            user_id,
+            self._seal("users.name", name),
+            self._seal("users.email", norm_email),
+            index,
+            role,
+            now,
+        )
+
         def _insert(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT INTO users (id, name, email, role, created_at) VALUES (?, ?, ?, ?, ?)",
-                (user_id, name, norm_email, role, now),
+                "INSERT INTO users (id, name, email, email_index, role, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                row,
             )
 
         await self._run(_insert)
@@ -258,15 +371,19 @@ class SQLiteStorage:
         rows = await self._run(
             lambda c: c.execute(f"SELECT * FROM users WHERE id IN ({marks})", ids).fetchall()
         )
-        return {row["id"]: _user(row) for row in rows}
+        return {row["id"]: self._user(row) for row in rows}
 
     async def find_user_by_email(self, email: str) -> UserRecord | None:
-        row = await self._run(
-            lambda c: c.execute(
-                "SELECT * FROM users WHERE email = ?", (email.strip().lower(),)
-            ).fetchone()
-        )
-        return _user(row) if row else None
+        norm = email.strip().lower()
+        if self._cipher is None:
+            query, value = "SELECT * FROM users WHERE email = ?", norm
+        else:
+            query, value = (
+                "SELECT * FROM users WHERE email_index = ?",
+                self._cipher.blind_index(norm),
+            )
+        row = await self._run(lambda c: c.execute(query, (value,)).fetchone())
+        return self._user(row) if row else None
 
     # -- sessions ---------------------------------------------------------------------------
 
@@ -432,8 +549,8 @@ class SQLiteStorage:
                     entry.action,
                     entry.result,
                     entry.reason,
-                    entry.ip_address,
-                    entry.user_agent,
+                    self._seal("audit_log.ip_address", entry.ip_address),
+                    self._seal("audit_log.user_agent", entry.user_agent),
                     entry.room_id,
                     entry.error_code,
                     entry.error_message,
@@ -467,7 +584,7 @@ class SQLiteStorage:
                 [*params, limit],
             ).fetchall()
         )
-        return [_audit(r) for r in rows]
+        return [self._audit(r) for r in rows]
 
     # -- videocallmetrics -------------------------------------------------------------------
 
@@ -582,16 +699,6 @@ def _select_session(conn: sqlite3.Connection, session_id: str) -> sqlite3.Row:
 
 def _opt_dt(value: str | None) -> datetime | None:
     return parse_datetime(value) if value else None
-
-
-def _user(row: sqlite3.Row) -> UserRecord:
-    return UserRecord(
-        id=row["id"],
-        name=row["name"],
-        email=row["email"],
-        role=row["role"],
-        created_at=_opt_dt(row["created_at"]),
-    )
 
 
 def _session(row: sqlite3.Row) -> SessionRecord:

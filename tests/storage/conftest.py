@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 
 from storage.base import Storage
+from storage.crypto import FieldCipher
 from storage.mongo import MongoStorage
 from storage.sqlite import SQLiteStorage
 from tests.helpers import FakeClock
 
-BACKENDS = ["sqlite", "mongomock", "mongodb"]
+BACKENDS = ["sqlite", "sqlite-encrypted", "mongomock", "mongodb"]
+# a fixed test key (storage/crypto.py format): the encrypted SQLite store passes the same contract
+TEST_DATA_KEY = "test1:" + "A" * 43 + "="
 
 
 @pytest.fixture(params=BACKENDS)
@@ -25,8 +28,9 @@ async def any_storage(
 ) -> AsyncIterator[Storage]:
     """Each contract test runs once per backend."""
     backend = request.param
-    if backend == "sqlite":
-        store: Storage = SQLiteStorage(tmp_path / "contract.sqlite3", clock=clock)
+    if backend.startswith("sqlite"):
+        cipher = FieldCipher.from_text(TEST_DATA_KEY) if backend == "sqlite-encrypted" else None
+        store: Storage = SQLiteStorage(tmp_path / "contract.sqlite3", clock=clock, cipher=cipher)
         await store.initialize()
         yield store
         await store.close()
