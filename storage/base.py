@@ -179,6 +179,10 @@ class Storage(Protocol):
     async def ping(self) -> bool:
         """True if the backend answers."""
 
+    async def prune_expired(self) -> int:
+        """Delete what the retention rules say is too old (audit entries after six months, the
+        platform's TTL); return how many records went. Run periodically by the app."""
+
     # users
     async def create_user(self, *, name: str, email: str | None, role: str) -> UserRecord: ...
 

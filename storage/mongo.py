@@ -111,6 +111,10 @@ class MongoStorage:
             self._client.close()
             self._client = None
 
+    async def prune_expired(self) -> int:
+        # MongoDB expires audit entries itself through the TTL index on `timestamp`.
+        return 0
+
     async def ping(self) -> bool:
         try:
             await self._db.command("ping")

@@ -304,10 +304,16 @@ class SQLiteStorage:
             user_agent=self._open_field("audit_log.user_agent", row["user_agent"]),
         )
 
-    def _prune_audit(self, conn: sqlite3.Connection) -> None:
-        # MongoDB expires audit entries through a TTL index; here we prune at start-up.
+    def _prune_audit(self, conn: sqlite3.Connection) -> int:
+        # MongoDB expires audit entries through a TTL index; here at start-up and periodically.
         cutoff = parse_datetime(self._now()) - AUDIT_RETENTION
-        conn.execute("DELETE FROM audit_log WHERE timestamp < ?", (format_datetime(cutoff),))
+        deleted = conn.execute(
+            "DELETE FROM audit_log WHERE timestamp < ?", (format_datetime(cutoff),)
+        ).rowcount
+        return int(deleted)
+
+    async def prune_expired(self) -> int:
+        return await self._run(self._prune_audit)
 
     async def close(self) -> None:
         executor, self._executor = self._executor, None

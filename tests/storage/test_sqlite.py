@@ -84,6 +84,23 @@ async def test_old_audit_entries_are_pruned_on_start(tmp_path: Path, clock: Fake
         await store.close()
 
 
+async def test_a_running_store_prunes_only_what_is_past_retention(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    store = SQLiteStorage(tmp_path / "relay.sqlite3", clock=clock)
+    await store.initialize()
+    try:
+        await store.add_audit(AuditEntry(action="old", result="allowed", timestamp=clock()))
+        clock.advance(days=100)
+        await store.add_audit(AuditEntry(action="recent", result="allowed", timestamp=clock()))
+        clock.advance(days=100)  # the first is now 200 days old, the second 100
+        assert await store.prune_expired() == 1
+        assert [e.action for e in await store.list_audit()] == ["recent"]
+        assert await store.prune_expired() == 0
+    finally:
+        await store.close()
+
+
 async def test_unwritable_path_is_a_storage_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
