@@ -11,7 +11,7 @@ from aiohttp import web
 from api.admin import routes as admin_routes
 from api.errors import NOT_FOUND, ApiError, error_middleware
 from api.health import routes as health_routes
-from api.middleware import Middleware, cors_middleware, security_headers_middleware
+from api.middleware import Middleware, cors_middleware, security_headers
 from api.ratelimit import RateLimiter, api_rate_limit_middleware
 from api.routes import routes as video_call_routes
 from metrics.setup import setup_metrics
@@ -44,8 +44,9 @@ def create_app(
     middlewares: list[Middleware] = []
     if config.cors_origins:
         middlewares.append(cors_middleware(config.cors_origins))
-    middlewares += [security_headers_middleware, error_middleware, api_rate_limit_middleware]
+    middlewares += [error_middleware, api_rate_limit_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
+    app.on_response_prepare.append(security_headers(hsts=config.is_production))
 
     app[CONFIG_KEY] = config
     app[STORAGE_KEY] = storage if storage is not None else open_storage(config)
