@@ -173,6 +173,9 @@ class Browsers:
         **context_options: Any,
     ) -> Page:
         size = viewport or {"width": 1280, "height": 800}
+        # Playwright evaluates string predicates with eval(), which the page's CSP forbids;
+        # tests/browser/test_csp.py opens its page with bypass_csp=False to check the policy.
+        context_options.setdefault("bypass_csp", True)
         context = await self.browser.new_context(
             viewport={"width": size["width"], "height": size["height"]}, **context_options
         )

@@ -22,7 +22,7 @@ async def test_the_call_page_runs_under_the_policy(
     browsers: Browsers, server: Server, booking_factory: BookingFactory
 ) -> None:
     booking = await booking_factory()
-    page = await browsers.page("csp", init_script=COLLECT_VIOLATIONS)
+    page = await browsers.page("csp", init_script=COLLECT_VIOLATIONS, bypass_csp=False)
     response = await page.goto(
         pages.call_url(server.base_url, booking.session.id, booking.client_token)
     )
