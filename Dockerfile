@@ -9,6 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY api ./api
+COPY calls ./calls
 COPY metrics ./metrics
 COPY relay ./relay
 COPY signaling ./signaling
@@ -16,6 +17,7 @@ COPY smiling_relay ./smiling_relay
 COPY storage ./storage
 COPY synth ./synth
 COPY web ./web
+# The server only: the QA tool's plotting (matplotlib) is the `qa` extra, not installed here.
 RUN pip install . && rm -rf build *.egg-info
 
 RUN useradd --system --uid 10001 --home-dir /data relay \

@@ -32,7 +32,8 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
 }
 
-# ensure_venv EXTRAS: create/refresh .venv and install the project (editable) with EXTRAS.
+# ensure_venv EXTRAS: create/refresh .venv and install the project (editable) with EXTRAS
+# (comma-separated: "" for the server alone, "test,qa" for the test command).
 ensure_venv() {
   local extras="$1" python stamp hash
   python="$(find_python)"
@@ -47,11 +48,11 @@ ensure_venv() {
       "$python" -m venv .venv
     fi
   fi
-  # Reinstall only when the dependency declaration changed. A stamp per extras set; the
-  # test install also satisfies a plain one.
+  # Reinstall only when the dependency declaration changed. A stamp per extras set; any
+  # install with extras also satisfies a plain one.
   hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
-  stamp=".venv/.smiling-relay-installed${extras:+-$extras}"
-  if [[ -z "$extras" ]] && [[ "$(cat .venv/.smiling-relay-installed-test 2>/dev/null)" == "$hash" ]]; then
+  stamp=".venv/.smiling-relay-installed${extras:+-${extras//,/-}}"
+  if [[ -z "$extras" ]] && grep -qxF "$hash" .venv/.smiling-relay-installed-* 2>/dev/null; then
     return 0
   fi
   if [[ "$(cat "$stamp" 2>/dev/null)" != "$hash" ]]; then

@@ -149,7 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     out = parser.add_argument_group("output")
     out.add_argument("--json", type=Path, metavar="FILE", help="write the JSON report here")
-    out.add_argument("--plots", type=Path, metavar="DIR", help="write latency.png, bitrate.png")
+    out.add_argument(
+        "--plots",
+        type=Path,
+        metavar="DIR",
+        help="write latency.png, bitrate.png (needs the qa extra: pip install .[qa])",
+    )
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
     out.add_argument("-q", "--quiet", action="store_true", help="print the verdict only")
 

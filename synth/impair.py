@@ -1,7 +1,7 @@
 """Client-side network impairment for `smiling-relay synth` (root only).
 
 The synthetic participants run in a network namespace of their own (worker processes started
-with ``ip netns exec``), joined to the current namespace by a veth pair:
+with ``ip netns exec``), joined to the current namespace by a veth pair (:mod:`synth.netns`):
 
     [current namespace]  <host veth> 10.213.N.1  ⇄  10.213.N.2 <c0>  [client namespace]
 
@@ -33,6 +33,8 @@ import uuid
 from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
+
+from synth import netns
 
 __all__ = ["ClientNamespace", "Impairment", "ImpairmentError", "netem_unavailable_reason"]
 
@@ -108,11 +110,11 @@ def _is_local_address(host: str) -> bool:
 def netem_unavailable_reason() -> str | None:
     """Why ``tc … netem`` cannot be used here (None when it can). Needs root."""
     name = f"synnetem{uuid.uuid4().hex[:6]}"
-    created = _run("ip", "netns", "add", name, check=False)
-    if created.returncode != 0:
-        return f"cannot create a namespace to test netem: {created.stderr.strip()}"
     try:
-        _run("ip", "-n", name, "link", "set", "lo", "up", check=False)
+        netns.add(name)
+    except netns.NetnsError as exc:
+        return f"cannot create a namespace to test netem: {exc}"
+    try:
         result = _run(
             "ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "netem",
             "delay", "1ms", check=False,
@@ -124,7 +126,7 @@ def netem_unavailable_reason() -> str | None:
             )
         return None
     finally:
-        _run("ip", "netns", "del", name, check=False)
+        netns.delete(name)
 
 
 class ClientNamespace:
@@ -188,17 +190,16 @@ class ClientNamespace:
         self.close()
 
     def _create(self) -> None:
-        ns = self.name
-        _run("ip", "netns", "add", ns)
-        self._created = True
-        _run("ip", "-n", ns, "link", "set", "lo", "up")
-        _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.client_if,
-             "netns", ns)  # fmt: skip
-        _run("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.host_if)
-        _run("ip", "link", "set", self.host_if, "up")
-        _run("ip", "-n", ns, "addr", "add", f"{self.client_ip}/24", "dev", self.client_if)
-        _run("ip", "-n", ns, "link", "set", self.client_if, "up")
-        _run("ip", "-n", ns, "route", "add", "default", "via", self.host_ip)
+        try:
+            netns.add(self.name)
+            self._created = True
+            netns.veth(
+                self.host_if, self.client_if, peer_namespace=self.name,
+                address=f"{self.host_ip}/24", peer_address=f"{self.client_ip}/24",
+            )  # fmt: skip
+            netns.ip("-n", self.name, "route", "add", "default", "via", self.host_ip)
+        except netns.NetnsError as exc:
+            raise ImpairmentError(str(exc)) from None
 
     def _qdisc(self, device: str, namespace: str | None) -> None:
         imp = self.impairment
@@ -267,5 +268,5 @@ class ClientNamespace:
             self._nat = False
         if self._created:
             _run("ip", "link", "del", self.host_if, check=False)
-            _run("ip", "netns", "del", self.name, check=False)
+            netns.delete(self.name)
             self._created = False

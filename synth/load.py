@@ -487,16 +487,30 @@ def _tracks(plan: RunPlan, spec: ParticipantSpec, cheap: dict[str, Any] | None) 
             PatternVideoTrack(spec.source_id, m.width, m.height, m.fps),
             ToneAudioTrack(spec.source_id),
         ]
+    return clip_tracks(cheap, m.fps, spec.source_id)
+
+
+def clip_tracks(cheap: dict[str, Any], fps: int, source_id: int) -> list[MediaStreamTrack]:
+    """A clip publisher's tracks from :func:`prepare_cheap_media`'s media: the clip and the Opus
+    packets, each started at a point chosen by ``source_id`` so that the keyframes (and audio) of
+    different publishers do not align."""
     frames = cheap["video"]
     keyframes = [i for i, f in enumerate(frames) if f.keyframe] or [0]
-    start = keyframes[spec.source_id % len(keyframes)]  # keyframes of the publishers not aligned
+    start = keyframes[source_id % len(keyframes)]
     audio = cheap["audio"]
-    shift = (spec.source_id * 7) % len(audio)
-    return [ClipVideoTrack(frames, m.fps, start), PacketAudioTrack(audio[shift:] + audio[:shift])]
+    shift = (source_id * 7) % len(audio)
+    return [ClipVideoTrack(frames, fps, start), PacketAudioTrack(audio[shift:] + audio[:shift])]
 
 
-def _attach_senders(pc: Any, tracks: Sequence[Any]) -> None:
-    """Let clip tracks see their sender's keyframe requests."""
+def load_cheap_media(path: str | Path) -> dict[str, Any]:
+    """The media :func:`prepare_cheap_media` pickled (``{"video": frames, "audio": packets}``)."""
+    with open(path, "rb") as fh:
+        media: dict[str, Any] = pickle.load(fh)
+    return media
+
+
+def attach_clip_senders(pc: Any) -> None:
+    """Let the clip tracks published on ``pc`` see their sender's keyframe requests."""
     if pc is None:
         return
     for transceiver in pc.getTransceivers():
@@ -505,7 +519,8 @@ def _attach_senders(pc: Any, tracks: Sequence[Any]) -> None:
             track.attach(transceiver.sender)
 
 
-async def _sleep_until(wall: float) -> None:
+async def sleep_until(wall: float) -> None:
+    """Sleep until the wall-clock time ``wall`` (at once when it has passed)."""
     delay = wall - time.time()
     if delay > 0:
         await asyncio.sleep(delay)
@@ -513,7 +528,7 @@ async def _sleep_until(wall: float) -> None:
 
 async def _setup(plan: RunPlan, call: CallSpec, live: Live, cheap: dict[str, Any] | None) -> None:
     spec = live.spec
-    await _sleep_until(spec.join_at)
+    await sleep_until(spec.join_at)
     live.joined_at = time.time()
     try:
         async with asyncio.timeout(plan.setup_timeout):
@@ -528,7 +543,7 @@ async def _setup(plan: RunPlan, call: CallSpec, live: Live, cheap: dict[str, Any
                 await janus.join()
                 live.tracks = _tracks(plan, spec, cheap)
                 await janus.publish(*live.tracks, video_codec=plan.media.codec)
-                _attach_senders(janus.publisher, live.tracks)
+                attach_clip_senders(janus.publisher)
             else:
                 from synth.client import CallClient
 
@@ -539,7 +554,7 @@ async def _setup(plan: RunPlan, call: CallSpec, live: Live, cheap: dict[str, Any
                 await client.join(call.room)
                 live.tracks = _tracks(plan, spec, cheap)
                 await client.publish(*live.tracks, video_codec=plan.media.codec)
-                _attach_senders(client.publisher, live.tracks)
+                attach_clip_senders(client.publisher)
             live.key = live.endpoint.socket_id
             live.published_at = time.time()
     except TimeoutError:
@@ -619,7 +634,7 @@ async def run_call(
     lives.extend(Live(spec) for spec in call.participants)
     tasks = [asyncio.create_task(_setup(plan, call, live, cheap)) for live in lives]
     try:
-        await _sleep_until(plan.t1)
+        await sleep_until(plan.t1)
         for task in tasks:
             if not task.done():
                 task.cancel()
@@ -703,7 +718,7 @@ async def run_plan(
     """Run every call of ``plan`` in this process; results in call order."""
     cheap = None
     if plan.media_path:
-        cheap = pickle.loads(await asyncio.to_thread(Path(plan.media_path).read_bytes))
+        cheap = await asyncio.to_thread(load_cheap_media, plan.media_path)
     per_call: list[list[Live]] = [[] for _ in plan.calls]
     tasks = [
         asyncio.create_task(run_call(plan, call, cheap, lives))

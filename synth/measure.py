@@ -34,6 +34,7 @@ __all__ = [
     "loadavg",
     "machine_cpu",
     "proc_cpu_seconds",
+    "proc_cpu_split",
     "proc_rss_mb",
     "proc_run_delay_seconds",
     "summarize",
@@ -67,6 +68,13 @@ def proc_cpu_seconds(pid: int) -> float:
     except (FileNotFoundError, ProcessLookupError):
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of a process in seconds."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def proc_run_delay_seconds(pid: int) -> float:

@@ -314,7 +314,10 @@ def write_plots(
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return [], "matplotlib is not installed: no plots (pip install matplotlib)"
+        return (
+            [],
+            "matplotlib is not installed: no plots (they need the qa extra: pip install .[qa])",
+        )
     directory.mkdir(parents=True, exist_ok=True)
     files = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

@@ -2,7 +2,7 @@
 Debian's Chromium driven by Playwright (one browser context per participant).
 
 Recipe: ../shared/notes/test-infrastructure.md. The whole test process moves into a namespace
-with a veth pair (tests/netns.py) so the relay and Chromium gather candidates on 10.77.0.x only;
+with a veth pair (synth/netns.py) so the relay and Chromium gather candidates on 10.77.0.x only;
 the app listens on 10.77.0.1 and Chromium treats that origin as secure (getUserMedia needs it).
 """
 
@@ -25,7 +25,7 @@ from aiohttp import web
 from smiling_relay.app import create_app
 from smiling_relay.config import Config
 from storage.base import Storage, to_utc_ms
-from tests import netns
+from synth import netns
 from tests.helpers import FakeClock
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@
   end-of-call summary is stored.
 
 Needs `/usr/bin/prometheus` (Debian package `prometheus`) and root for a network namespace
-(tests/netns.py); skipped with the reason otherwise.
+(synth/netns.py); skipped with the reason otherwise.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from storage.base import Storage
+from synth import netns
 from synth.client import CallClient
-from tests import netns
 from tests.conftest import AppFactory
 from tests.helpers import BookingFactory
 from tests.metrics import dashboard

@@ -27,7 +27,7 @@ from smiling_relay.app import create_app
 from smiling_relay.appkeys import RELAY_KEY
 from smiling_relay.config import Config
 from storage.base import Storage, to_utc_ms
-from tests import netns
+from synth import netns
 from tests.helpers import FakeClock
 from tests.nat import topology
 from tests.nat.turn_probe import TurnProbe

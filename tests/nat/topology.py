@@ -1,6 +1,6 @@
 """A small internet in namespaces: a public side and two clients behind symmetric NATs.
 
-The test process itself (moved into a namespace of its own by tests/netns.py) is the public side:
+The test process itself (moved into a namespace of its own by synth/netns.py) is the public side:
 the relay, its HTTP server and coturn listen there. Each client site is two namespaces, a client
 and its NAT router, the router joined to the public side by a veth pair (recipe:
 ../shared/notes/test-infrastructure.md):
@@ -24,7 +24,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 
-from tests import netns
+from synth import netns
 
 RELAY_IP = "203.0.113.10"
 TURN_IP = "203.0.113.20"
@@ -70,26 +70,18 @@ class Topology:
         public_ip, wan_ip = f"198.51.100.{4 * index + 1}", f"198.51.100.{4 * index + 2}"
         lan = f"10.0.{index + 1}"
         for ns in (client_ns, router_ns):
-            netns.ip("netns", "add", ns)
+            netns.add(ns)
             self._namespaces.append(ns)
-            netns.ip("-n", ns, "link", "set", "lo", "up")
-        netns.ip(
-            "link", "add", public_dev, "type", "veth", "peer", "name", "wan", "netns", router_ns
-        )
         self._links.append(public_dev)
-        netns.ip("addr", "add", f"{public_ip}/30", "dev", public_dev)
-        netns.ip("link", "set", public_dev, "up")
-        netns.ip("-n", router_ns, "addr", "add", f"{wan_ip}/30", "dev", "wan")
-        netns.ip("-n", router_ns, "link", "set", "wan", "up")
-        netns.ip("-n", router_ns, "route", "add", "default", "via", public_ip)
-        netns.ip(
-            "link", "add", "c0", "netns", client_ns, "type", "veth", "peer", "name", "lan",
-            "netns", router_ns,
+        netns.veth(
+            public_dev, "wan", peer_namespace=router_ns,
+            address=f"{public_ip}/30", peer_address=f"{wan_ip}/30",
         )  # fmt: skip
-        netns.ip("-n", router_ns, "addr", "add", f"{lan}.1/24", "dev", "lan")
-        netns.ip("-n", router_ns, "link", "set", "lan", "up")
-        netns.ip("-n", client_ns, "addr", "add", f"{lan}.2/24", "dev", "c0")
-        netns.ip("-n", client_ns, "link", "set", "c0", "up")
+        netns.ip("-n", router_ns, "route", "add", "default", "via", public_ip)
+        netns.veth(
+            "c0", "lan", namespace=client_ns, peer_namespace=router_ns,
+            address=f"{lan}.2/24", peer_address=f"{lan}.1/24",
+        )  # fmt: skip
         netns.ip("-n", client_ns, "route", "add", "default", "via", f"{lan}.1")
         _run(["ip", "netns", "exec", router_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
         _nft(router_ns, SYMMETRIC_NAT)
@@ -116,7 +108,7 @@ class Topology:
         for table in self._nft_tables:
             subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
         for ns in reversed(self._namespaces):  # deleting a namespace removes its veth ends
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            netns.delete(ns)
         for dev in self._links:
             subprocess.run(["ip", "link", "del", dev], capture_output=True)
         for cidr, dev in self._addresses:

@@ -11,8 +11,8 @@ from aiohttp.test_utils import TestServer
 from relay.sfu import Relay
 from smiling_relay.appkeys import RELAY_KEY
 from storage.base import Storage
+from synth import netns
 from synth.client import CallClient
-from tests import netns
 from tests.conftest import AppFactory
 from tests.helpers import Booking, BookingFactory
 from tests.relay.helpers import open_room

@@ -2,7 +2,7 @@
 
 The live tests run the real command in a subprocess (`python -m smiling_relay synth …`) against
 the real app served by the test, all inside a network namespace of the test's own
-(tests/netns.py). They check that the report is complete and the figures plausible, not exact.
+(synth/netns.py). They check that the report is complete and the figures plausible, not exact.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 
+from synth import netns
 from synth.cli import EXIT_THRESHOLD, EXIT_USAGE, build_parser, main
 from synth.impair import Impairment, ImpairmentError
 from synth.load import LoadOptions, RunPlan, build_plan, schedule, split_plan
 from synth.measure import StreamCounter
 from synth.report import Threshold, evaluate, format_table, summarize_calls
-from tests import netns
 from tests.conftest import AppFactory
 from tests.helpers import TEST_JWT_SECRET
 
