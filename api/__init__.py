@@ -1,1 +1,2 @@
-"""The REST API: JWT authentication, the access policy, rate limits, audit, and the routes."""
+"""The REST face: request → identity, the error envelope, rate-limit headers, and the routes
+(`/api/video-calls/*` over `calls.service`, `/api/admin/*`, `/healthz`); `setup_api` wires it."""

@@ -10,14 +10,8 @@ from typing import Any
 from aiohttp import web
 
 from api.auth import require_admin
-from api.errors import (
-    EMAIL_TAKEN,
-    SESSION_NOT_FOUND,
-    USER_NOT_FOUND,
-    ApiError,
-    ok,
-    read_json_object,
-)
+from api.errors import EMAIL_TAKEN, USER_NOT_FOUND, ApiError, ok, read_json_object
+from api.keys import STORAGE_KEY
 from api.validation import (
     FieldErrors,
     choice,
@@ -27,7 +21,7 @@ from api.validation import (
     user_id_param,
 )
 from api.views import iso, session_json, user_json
-from smiling_relay.appkeys import STORAGE_KEY
+from calls.errors import SESSION_NOT_FOUND
 from storage.base import (
     PAYMENT_STATUSES,
     ROLES,

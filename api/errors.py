@@ -15,32 +15,26 @@ from typing import Any
 
 from aiohttp import web
 
+from api.keys import SERVICE_KEY
 from calls.client_json import ClientJsonError, load_client_json
-from smiling_relay.appkeys import CONFIG_KEY
+from calls.errors import FORBIDDEN, RATE_LIMITED, UNAUTHORIZED, CallError, ErrorKind
 from storage.base import StorageError, format_datetime
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-# The error codes this service answers with (documented in docs/api.md).
-INVALID_SESSION_ID = "INVALID_SESSION_ID"
+# The error codes of the REST face (documented in docs/api.md); the domain's own (UNAUTHORIZED,
+# SESSION_NOT_FOUND, CALL_NOT_STARTED, …) are in `calls.errors`.
 INVALID_USER_ID = "INVALID_USER_ID"
 INVALID_JSON = "INVALID_JSON"
 VALIDATION_ERROR = "VALIDATION_ERROR"
-INVALID_END_TIME = "INVALID_END_TIME"
 BAD_REQUEST = "BAD_REQUEST"
-UNAUTHORIZED = "UNAUTHORIZED"
-FORBIDDEN = "FORBIDDEN"
 NOT_FOUND = "NOT_FOUND"
-SESSION_NOT_FOUND = "SESSION_NOT_FOUND"
 USER_NOT_FOUND = "USER_NOT_FOUND"
 METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
-CALL_NOT_STARTED = "CALL_NOT_STARTED"
-CALL_ALREADY_ENDED = "CALL_ALREADY_ENDED"
 EMAIL_TAKEN = "EMAIL_TAKEN"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
-RATE_LIMITED = "RATE_LIMITED"
 INTERNAL_ERROR = "INTERNAL_ERROR"
 SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 
@@ -52,6 +46,15 @@ _HTTP_CODES = {
     405: METHOD_NOT_ALLOWED,
     413: PAYLOAD_TOO_LARGE,
     429: RATE_LIMITED,
+}
+# How the domain's refusals map to HTTP.
+_KIND_STATUS = {
+    ErrorKind.INVALID: 400,
+    ErrorKind.UNAUTHENTICATED: 401,
+    ErrorKind.FORBIDDEN: 403,
+    ErrorKind.NOT_FOUND: 404,
+    ErrorKind.CONFLICT: 409,
+    ErrorKind.RATE_LIMITED: 429,
 }
 # Headers of aiohttp's own HTTP exceptions worth keeping (e.g. `Allow` on a 405).
 _KEPT_HEADERS = ("Allow", "Retry-After")
@@ -78,6 +81,11 @@ class ApiError(Exception):
 
     def __repr__(self) -> str:
         return f"ApiError({self.status}, {self.code!r}, {self.message!r})"
+
+
+def from_call_error(exc: CallError) -> ApiError:
+    """The envelope answer for a refusal of the call service."""
+    return ApiError(_KIND_STATUS[exc.kind], exc.code, exc.message, exc.details)
 
 
 def error_body(
@@ -125,8 +133,8 @@ def ok(data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
 
 
 def _now(request: web.Request) -> datetime:
-    config = request.app.get(CONFIG_KEY)
-    return config.clock() if config is not None else datetime.now(UTC)
+    service = request.app.get(SERVICE_KEY)
+    return service.clock() if service is not None else datetime.now(UTC)
 
 
 def _from_http_exception(exc: web.HTTPException) -> tuple[str, str]:
@@ -161,6 +169,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, INTERNAL_ERROR, "Internal server error", now=_now(request))
+
+
+@web.middleware
+async def call_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Innermost: a `CallError` from the service becomes an `ApiError`, so the middlewares
+    around it (rate-limit headers, the envelope) treat both alike."""
+    try:
+        return await handler(request)
+    except CallError as exc:
+        raise from_call_error(exc) from None
 
 
 async def read_json_object(request: web.Request, *, required: bool = True) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.errors import SERVICE_UNAVAILABLE, ApiError, ok
-from smiling_relay.appkeys import STORAGE_KEY
+from api.keys import STORAGE_KEY
 
 routes = web.RouteTableDef()
 

@@ -6,22 +6,20 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from api.errors import INVALID_SESSION_ID, INVALID_USER_ID, VALIDATION_ERROR, ApiError
+from api.errors import INVALID_USER_ID, VALIDATION_ERROR, ApiError, from_call_error
+from calls.errors import CallError
+from calls.service import parse_session_id
 from storage.base import is_object_id, to_utc_ms
 
 MAX_PAGE_SIZE = 100
 
 
 def session_id_param(value: str) -> str:
-    """A path `:sessionId`, which must be a 24-hex ObjectId."""
-    if not is_object_id(value):
-        raise ApiError(
-            400,
-            INVALID_SESSION_ID,
-            "sessionId must be a 24-character hexadecimal ObjectId",
-            {"sessionId": value[:64]},
-        )
-    return value.lower()
+    """A path `:sessionId`, which must be a 24-hex ObjectId (the domain's rule)."""
+    try:
+        return parse_session_id(value)
+    except CallError as exc:
+        raise from_call_error(exc) from None
 
 
 def user_id_param(value: str) -> str:

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from storage.base import SessionRecord
+
 log = logging.getLogger(__name__)
 
 PERIODS = ("hourly", "daily")
@@ -48,6 +50,10 @@ class MetricsStore(Protocol):
     async def find_call_metrics(
         self, match: Mapping[str, Any], *, limit: int = 1000
     ) -> list[dict[str, Any]]: ...
+
+    async def find_session_by_room(self, room_id: str) -> SessionRecord | None:
+        """The session a call's room belongs to (to attribute its summary)."""
+        ...
 
 
 def period_start(when: datetime, period: str) -> datetime:

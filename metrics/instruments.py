@@ -8,16 +8,12 @@ code a client made up can never create a new series.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from metrics.collector import PREFIX
-from signaling.protocol import CLIENT_EVENTS, SERVER_EVENTS
 
-# Events of the signaling protocol (docs/signaling.md), by direction.
-WS_EVENTS_IN = CLIENT_EVENTS
-WS_EVENTS_OUT = SERVER_EVENTS
-KNOWN_WS_EVENTS = frozenset(WS_EVENTS_IN + WS_EVENTS_OUT)
 WS_DIRECTIONS = frozenset({"in", "out"})
 ERROR_SOURCES = frozenset({"api", "ws", "relay"})
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -46,9 +42,20 @@ MOS_BUCKETS = (1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.5)
 
 
 class Instruments:
-    """The push-style metrics of one app (the relay's own counters are read by RelayCollector)."""
+    """The push-style metrics of one app (the relay's own counters are read by RelayCollector).
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    `ws_events_in`/`ws_events_out` are the signaling protocol's event names (docs/signaling.md)
+    by direction, handed in by the composition root (metrics does not import signaling).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        ws_events_in: Iterable[str] = (),
+        ws_events_out: Iterable[str] = (),
+    ) -> None:
+        events_in, events_out = tuple(ws_events_in), tuple(ws_events_out)
+        self.known_ws_events = frozenset(events_in + events_out)
         self.http_request_duration = Histogram(
             f"{PREFIX}_http_request_duration_seconds",
             "REST request duration by route (canonical path), method and status.",
@@ -89,9 +96,9 @@ class Instruments:
         self._extra_events: set[str] = set()
         self._codes: set[str] = set()
         # Series that exist from the start (at 0), so rate() panels show 0 rather than nothing.
-        for event in WS_EVENTS_IN:
+        for event in events_in:
             self.ws_messages.labels(event, "in")
-        for event in WS_EVENTS_OUT:
+        for event in events_out:
             self.ws_messages.labels(event, "out")
         for source in sorted(ERROR_SOURCES):
             self.errors.labels("INTERNAL_ERROR", source)
@@ -102,7 +109,7 @@ class Instruments:
     # -- label hygiene ------------------------------------------------------------------
 
     def ws_event_label(self, event: str, direction: str) -> str:
-        if event in KNOWN_WS_EVENTS:
+        if event in self.known_ws_events:
             return event
         # Server-sent events are ours (trusted); client-sent names are not.
         if (

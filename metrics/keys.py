@@ -1,5 +1,6 @@
-"""Application keys owned by the metrics package (kept out of `smiling_relay.appkeys` on purpose:
-the rest of the service only ever talks to metrics through the verb functions in `metrics.hooks`).
+"""The application key the metrics package reads (`/metrics`, the request middleware); only
+`metrics.setup.setup_metrics` sets it. Other layers never read it: the composition root hands the
+`Metrics` object to them through the protocols they define (`SignalingObserver`, `QualityReader`).
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
-"""Wires metrics into the app: `/metrics`, the request middleware, the admin routes, and a
-cleanup context that runs the quality sampler and stores end-of-call summaries and aggregates.
+"""The metrics of one app (`Metrics`) and `setup_metrics`, which registers `/metrics` and the
+request middleware.
 
-`setup_metrics(app)` must run after `setup_signaling(app)` (the relay's cleanup context must start
-first so the relay exists when ours starts, and stop after ours) and before the app is frozen.
+`Metrics.context` is a cleanup context that runs the quality sampler and stores end-of-call
+summaries and aggregates; the composition root (`smiling_relay.app.create_app`) appends it after
+the relay's, so the relay exists when it starts and stops after it. The settings (max calls,
+sample interval, the `/metrics` token) come from `smiling_relay.config.Config`.
 
-Environment:
-    METRICS_MAX_CALLS        calls with per-call series (default 200; 0 disables them)
-    METRICS_SAMPLE_INTERVAL  seconds between quality samples (default 1)
-    METRICS_AUTH_TOKEN       when set, `/metrics` requires `Authorization: Bearer <token>`
+`Metrics` also implements two protocols its users define: the WebSocket face's
+`SignalingObserver` (`ws_message`, `ws_error`) and the REST face's `QualityReader` (the admin
+endpoints over stored summaries and aggregates), so metrics imports neither face.
 """
 
 from __future__ import annotations
@@ -15,25 +16,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from metrics.aggregates import AggregateRecorder, MetricsStore
+from metrics.aggregates import AggregateRecorder, MetricsStore, period_length, period_start
 from metrics.collector import DEFAULT_MAX_CALLS, RelayCollector, RelayLike
 from metrics.http import metrics_handler, request_metrics_middleware
 from metrics.instruments import Instruments
 from metrics.keys import METRICS_KEY
 from metrics.quality import QualitySampler
-from metrics.routes import add_admin_routes
 from relay.stats import CallClosed
-from smiling_relay.appkeys import RELAY_KEY, STORAGE_KEY
-from smiling_relay.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +55,15 @@ class Metrics:
         max_calls: int = DEFAULT_MAX_CALLS,
         sample_interval: float = DEFAULT_SAMPLE_INTERVAL,
         auth_token: str | None = None,
+        ws_events_in: Iterable[str] = (),
+        ws_events_out: Iterable[str] = (),
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        """`ws_events_in`/`ws_events_out`: the signaling protocol's event names by direction
+        (their series exist from the start; other names are bounded, see `Instruments`)."""
         self.registry = CollectorRegistry()
-        self.instruments = Instruments(self.registry)
+        self.instruments = Instruments(self.registry, ws_events_in, ws_events_out)
         self.collector = RelayCollector(relay, max_calls=max_calls, clock=monotonic)
         self.registry.register(self.collector)
         self.sampler = QualitySampler(interval=sample_interval)
@@ -77,11 +78,53 @@ class Metrics:
         self._wall = wall
         self._writes: set[asyncio.Task[None]] = set()
 
-    # -- verbs (see metrics.hooks) ------------------------------------------------------
+    # -- verbs ----------------------------------------------------------------------------
 
     def count_error(self, code: str, source: str) -> None:
+        """One error reported to a client (`source` "ws", "api" or "relay"); feeds both
+        `smiling_relay_errors_total` and the hourly/daily `errorCounts`."""
         label = self.instruments.count_error(code, source)
         self.aggregates.count_error(label, datetime.fromtimestamp(self._wall(), UTC))
+
+    # -- signaling.connection.SignalingObserver -------------------------------------------
+
+    def ws_message(self, event: str, direction: str) -> None:
+        """One signaling message, "in" (client → server) or "out"; unknown client event names
+        are recorded as `unknown`, so clients cannot mint label values."""
+        self.instruments.count_ws_message(event, direction)
+
+    def ws_error(self, code: str) -> None:
+        """An `error` event sent over the WebSocket."""
+        self.count_error(code, "ws")
+
+    # -- api.admin_metrics.QualityReader --------------------------------------------------
+
+    def has_storage(self) -> bool:
+        return self.store() is not None
+
+    def is_call_active(self, room_id: str) -> bool:
+        return room_id in self.sampler.calls
+
+    async def call_summaries(self, room_id: str) -> list[dict[str, Any]]:
+        store = self.store()
+        if store is None:
+            return []
+        docs = await store.find_call_metrics({"period": "call", "roomId": room_id}, limit=100)
+        docs.sort(key=lambda d: d["startedAt"])
+        return docs
+
+    def period_start(self, when: datetime, period: str) -> datetime:
+        return period_start(when, period)
+
+    def period_length(self, period: str) -> timedelta:
+        return period_length(period)
+
+    async def read_aggregates(
+        self, period: str, start: datetime, end: datetime
+    ) -> list[dict[str, Any]]:
+        # Unflushed error counts first, so the answer includes errors up to now.
+        await self.aggregates.flush_errors()
+        return await self.aggregates.read(period, start, end)
 
     # -- sampling -----------------------------------------------------------------------
 
@@ -167,10 +210,7 @@ class Metrics:
     async def _participant_users(store: MetricsStore, summary: dict[str, Any]) -> list[str]:
         """Attach the session id; return the user ids of the session's sides that took part."""
         summary.setdefault("sessionId", None)
-        find = getattr(store, "find_session_by_room", None)
-        if find is None:
-            return []
-        session = await find(summary["roomId"])
+        session = await store.find_session_by_room(summary["roomId"])
         if session is None:
             return []
         summary["sessionId"] = session.id
@@ -199,68 +239,32 @@ class Metrics:
         except Exception:
             log.exception("flushing error counts at shutdown failed")
 
-
-def _env_int(environ: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _env_float(environ: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not value >= minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
-    return value
+    async def context(self, app: web.Application) -> AsyncIterator[None]:
+        """A cleanup context: subscribe to the relay's call ends, run the sampler and the error
+        flusher; at shutdown store what is still open. Append it after the relay's."""
+        relay = self.relay()
+        if relay is not None:
+            relay.on_call_closed(self.on_call_closed)
+        else:
+            log.warning("no relay at startup: per-call summaries are disabled")
+        tasks = [
+            asyncio.create_task(self.run_sampler(), name="metrics-sampler"),
+            asyncio.create_task(self.run_error_flusher(), name="metrics-error-flusher"),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.drain()
 
 
-def setup_metrics(app: web.Application, *, environ: Mapping[str, str] | None = None) -> None:
-    """Register `/metrics`; reads the relay from RELAY_KEY at scrape time."""
-    env = os.environ if environ is None else environ
-    metrics = Metrics(
-        relay=lambda: app.get(RELAY_KEY),
-        store=lambda: app.get(STORAGE_KEY),
-        max_calls=_env_int(env, "METRICS_MAX_CALLS", DEFAULT_MAX_CALLS, 0),
-        sample_interval=_env_float(env, "METRICS_SAMPLE_INTERVAL", DEFAULT_SAMPLE_INTERVAL, 0.1),
-        auth_token=env.get("METRICS_AUTH_TOKEN", "").strip() or None,
-    )
+def setup_metrics(app: web.Application, metrics: Metrics) -> None:
+    """Register `/metrics` and the request middleware (outermost, so it sees the final status
+    and the whole handling time). The composition root appends `metrics.context` itself."""
     app[METRICS_KEY] = metrics
-    # Outermost, so it sees the final status and the whole handling time.
     app.middlewares.insert(0, request_metrics_middleware)
     app.router.add_get("/metrics", metrics_handler)
-    add_admin_routes(app)
-    app.cleanup_ctx.append(_metrics_context)
-
-
-async def _metrics_context(app: web.Application) -> AsyncIterator[None]:
-    metrics = app[METRICS_KEY]
-    relay = app.get(RELAY_KEY)
-    if relay is not None:
-        relay.on_call_closed(metrics.on_call_closed)
-    else:
-        log.warning("no relay at startup: per-call summaries are disabled")
-    tasks = [
-        asyncio.create_task(metrics.run_sampler(), name="metrics-sampler"),
-        asyncio.create_task(metrics.run_error_flusher(), name="metrics-error-flusher"),
-    ]
-    try:
-        yield
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await metrics.drain()

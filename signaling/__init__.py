@@ -1,1 +1,2 @@
-"""WebSocket signaling between browsers and the relay."""
+"""The WebSocket face: the `/ws` protocol (`protocol`), one connection (`connection`) over
+`calls.service` and the relay, and `setup_signaling`."""

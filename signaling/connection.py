@@ -1,4 +1,6 @@
-"""One WebSocket client: authentication, the join policy, and the relay's messages to it."""
+"""One WebSocket client: its messages translated into calls on `calls.service.CallService`
+(authenticate, join a room) and on the relay (offers, answers, candidates), and the relay's
+events back into the protocol's messages."""
 
 from __future__ import annotations
 
@@ -6,15 +8,14 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 
-from api.access import evaluate_access
-from api.audit import client_address, record_access, user_agent
-from calls.identity import AuthError, Identity, decode_token
-from metrics.hooks import count_error, count_ws_message
+from calls.audit import Origin
+from calls.errors import CallError, ErrorKind
+from calls.identity import Identity
+from calls.service import JOIN_ENDPOINT, CallService, RoomIsFull, Seat
 from relay.negotiation import NegotiationError
 from relay.participant import Participant, ParticipantInfo, TrackInfo
 from relay.reasons import LeaveReason
@@ -22,7 +23,6 @@ from relay.room import Room, RoomClosed, RoomFull
 from relay.sfu import Relay
 from signaling import protocol
 from signaling.protocol import Message, ProtocolError
-from smiling_relay.appkeys import CONFIG_KEY, STORAGE_KEY, WS_RATE_LIMITER_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +33,50 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_RATE_LIMITED = 4429
 CLOSE_REPLACED = 4409
 CLOSE_ENDED = 4000
-ROLE_NAMES = {"client": "Client", "psychologist": "Psychologist", "admin": "Admin"}
+# How a refused authentication is told (the protocol's own names for the service's kinds).
+AUTH_REFUSALS = {
+    ErrorKind.UNAUTHENTICATED: ("AUTHENTICATION_FAILED", CLOSE_UNAUTHENTICATED),
+    ErrorKind.RATE_LIMITED: ("RATE_LIMITED", CLOSE_RATE_LIMITED),
+}
+
+
+class SignalingObserver(Protocol):
+    """Told about every message and every error event (metrics implements it)."""
+
+    def ws_message(self, event: str, direction: str) -> None:
+        """One message: `direction` "in" (client → server) or "out" (server → client)."""
+
+    def ws_error(self, code: str) -> None:
+        """One `error` event sent to a client."""
+
+
+class _NoObserver:
+    def ws_message(self, event: str, direction: str) -> None:
+        pass
+
+    def ws_error(self, code: str) -> None:
+        pass
+
+
+NO_OBSERVER: SignalingObserver = _NoObserver()
 
 
 class SignalingConnection:
     """Implements the relay's `ParticipantListener` by sending events down the socket."""
 
-    def __init__(self, request: web.Request, ws: web.WebSocketResponse, relay: Relay) -> None:
+    def __init__(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        relay: Relay,
+        service: CallService,
+        observer: SignalingObserver = NO_OBSERVER,
+    ) -> None:
         self.request = request
         self.ws = ws
         self.relay = relay
+        self.service = service
+        self.observer = observer
         self.socket_id = uuid.uuid4().hex
         self.identity: Identity | None = None
         self.room: Room | None = None
@@ -92,21 +126,12 @@ class SignalingConnection:
         return await self._authenticate(token)
 
     async def _authenticate(self, token: str) -> bool:
-        config = self.request.app[CONFIG_KEY]
         try:
-            identity = decode_token(token, config.jwt_secret, now=config.clock())
-        except AuthError as exc:
-            self._send_error("AUTHENTICATION_FAILED", exc.message, {"reason": exc.reason})
-            await self._close(CLOSE_UNAUTHENTICATED)
-            return False
-        limit = self.request.app[WS_RATE_LIMITER_KEY].hit(f"user:{identity.user_id}")
-        if not limit.allowed:
-            self._send_error(
-                "RATE_LIMITED",
-                f"at most {limit.limit} connections per minute",
-                {"retryAfter": limit.retry_after},
-            )
-            await self._close(CLOSE_RATE_LIMITED)
+            identity = self.service.connect(token)
+        except CallError as exc:
+            code, close = AUTH_REFUSALS.get(exc.kind, (exc.code, CLOSE_POLICY_VIOLATION))
+            self._send_error(code, exc.message, exc.details)
+            await self._close(close)
             return False
         self.identity = identity
         self._send(
@@ -134,10 +159,12 @@ class SignalingConnection:
     async def _handle_text(self, text: str) -> None:
         try:
             message = protocol.parse_message(text)
-            count_ws_message(self.request.app, message.event, "in")
+            self.observer.ws_message(message.event, "in")
             await self._dispatch(message)
         except ProtocolError as exc:
             await self._refuse(exc)
+        except CallError as exc:
+            await self._refuse(ProtocolError(exc.code, exc.message, exc.details))
         except NegotiationError as exc:
             await self._refuse(ProtocolError("NEGOTIATION_FAILED", str(exc)))
         except Exception:
@@ -214,41 +241,35 @@ class SignalingConnection:
         assert identity is not None
         if self.participant is not None and not self.participant.closed:
             raise ProtocolError("ALREADY_IN_ROOM", "this connection is already in a room")
-        app = self.request.app
-        storage, now = app[STORAGE_KEY], app[CONFIG_KEY].clock()
-        session = await storage.find_session_by_room(room_id)
-        if session is None:
-            await self._audit("join_denied", "denied", None, room_id, now, "ROOM_NOT_FOUND")
-            raise ProtocolError(
-                "ROOM_NOT_FOUND", "no session has this room id", {"roomId": room_id}
-            )
-        decision = evaluate_access(session, identity, now)
-        if not decision.can_join:
-            code = "PERMISSION_DENIED" if decision.http_status == 403 else decision.reason
-            await self._audit("join_denied", "denied", session.id, room_id, now, code)
-            details: dict[str, Any] = {"reason": decision.reason, "sessionId": session.id}
-            if decision.minutes_until_session is not None:
-                details["minutesUntilSession"] = decision.minutes_until_session
-            raise ProtocolError(code or "PERMISSION_DENIED", decision.message, details)
-        user = await storage.get_user(identity.user_id)
-        info = ParticipantInfo(
+        origin = Origin(
+            ip_address=self.request.remote,
+            user_agent=self.request.headers.get("User-Agent"),
+            endpoint=JOIN_ENDPOINT,
             socket_id=self.socket_id,
-            user_id=identity.user_id,
-            user_name=user.name if user else ROLE_NAMES.get(identity.role, identity.role),
-            role=decision.participant_role or identity.role,
         )
-        try:
-            room, participant = await self._enter(room_id, info)
-        except RoomFull as exc:  # a full room has participants: nothing to tidy up
-            await self._audit("join_denied", "denied", session.id, room_id, now, "ROOM_FULL")
-            raise ProtocolError("ROOM_FULL", str(exc), {"maxParticipants": exc.limit}) from None
-        self.room, self.participant = room, participant
-        await self._audit("join_success", "allowed", session.id, room_id, now, None)
+
+        async def take_seat(seat: Seat) -> tuple[Room, Participant]:
+            info = ParticipantInfo(
+                socket_id=self.socket_id,
+                user_id=seat.user_id,
+                user_name=seat.user_name,
+                role=seat.role,
+            )
+            try:
+                room, participant = await self._enter(room_id, info)
+            except RoomFull as exc:
+                raise RoomIsFull(str(exc), exc.limit) from None
+            # Before the service audits the join: the relay may already talk to us meanwhile.
+            self.room, self.participant = room, participant
+            return room, participant
+
+        joined = await self.service.join_room(identity, room_id, origin, take_seat)
+        room, participant = joined.seated
         self._send(
             "room-joined",
             {
                 "roomId": room_id,
-                "sessionId": session.id,
+                "sessionId": joined.session_id,
                 "socketId": self.socket_id,
                 "protocolVersion": protocol.PROTOCOL_VERSION,
                 "maxParticipants": self.relay.settings.max_participants,
@@ -270,29 +291,6 @@ class SignalingConnection:
             except RoomClosed:
                 continue
         raise ProtocolError("INTERNAL_ERROR", "the room kept closing; try again")
-
-    async def _audit(
-        self,
-        action: str,
-        result: str,
-        session_id: str | None,
-        room_id: str,
-        now: datetime,
-        code: str | None,
-    ) -> None:
-        await record_access(
-            self.request.app[STORAGE_KEY],
-            action=action,
-            result=result,
-            identity=self.identity,
-            session_id=session_id,
-            reason=code,
-            ip_address=client_address(self.request),
-            user_agent=user_agent(self.request),
-            room_id=room_id,
-            metadata={"endpoint": "WS join-room", "socketId": self.socket_id},
-            now=now,
-        )
 
     async def _leave(self, reason: LeaveReason) -> None:
         room, participant = self.room, self.participant
@@ -349,11 +347,11 @@ class SignalingConnection:
     # -- sending ------------------------------------------------------------------------------
 
     def _send(self, event: str, data: dict[str, Any]) -> None:
-        count_ws_message(self.request.app, event, "out")
+        self.observer.ws_message(event, "out")
         self._outbox.put_nowait(protocol.outbound(event, data))
 
     def _send_error(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
-        count_error(self.request.app, code, "ws")
+        self.observer.ws_error(code)
         self._outbox.put_nowait(protocol.error_event(code, message, details))
 
     async def _write_loop(self) -> None:

@@ -1,4 +1,11 @@
-"""The aiohttp application factory: the composition root of the service."""
+"""The aiohttp application factory: the composition root of the service.
+
+`create_app` is the only module that imports every layer. It builds the objects from `Config`
+(the call service, the rate limiters, the relay's settings, the metrics), hands each face what it
+needs through the face's own setup function (which sets that face's app keys), and owns the
+lifetimes in `cleanup_ctx`, in this order: storage → relay → metrics (so the relay exists when
+metrics starts and stops after it, and storage outlives both).
+"""
 
 from __future__ import annotations
 
@@ -8,20 +15,16 @@ from pathlib import Path
 
 from aiohttp import web
 
-from api.admin import routes as admin_routes
-from api.errors import NOT_FOUND, ApiError, error_middleware
-from api.health import routes as health_routes
-from api.middleware import Middleware, cors_middleware, security_headers
-from api.ratelimit import RateLimiter, api_rate_limit_middleware
-from api.routes import routes as video_call_routes
-from metrics.setup import setup_metrics
-from signaling.server import setup_signaling
-from smiling_relay.appkeys import (
-    API_RATE_LIMITER_KEY,
-    CONFIG_KEY,
-    STORAGE_KEY,
-    WS_RATE_LIMITER_KEY,
-)
+from api.errors import NOT_FOUND, ApiError
+from api.setup import setup_api
+from calls.ice_servers import IceSettings
+from calls.ratelimit import RateLimiter
+from calls.service import CallService
+from metrics.setup import Metrics, setup_metrics
+from relay.settings import RelaySettings
+from relay.sfu import Relay
+from signaling.protocol import CLIENT_EVENTS, SERVER_EVENTS
+from signaling.setup import setup_signaling
 from smiling_relay.config import Config
 from storage.base import Storage
 from storage.factory import open_storage
@@ -32,6 +35,30 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 MAX_BODY_BYTES = 256 * 1024
 
+# The running relay (set by its cleanup context; the faces get it through `create_app`).
+RELAY_KEY: web.AppKey[Relay] = web.AppKey("relay")
+
+
+def relay_settings(config: Config) -> RelaySettings:
+    return RelaySettings(
+        max_participants=config.room_max_participants,
+        announced_ip=config.relay_announced_ip,
+        bind_ips=config.relay_bind_ips,
+        udp_ports=config.relay_udp_ports,
+    )
+
+
+def ice_settings(config: Config) -> IceSettings:
+    return IceSettings(
+        stun_server_url=config.stun_server_url,
+        turn_server_url=config.turn_server_url,
+        turn_urls=config.turn_urls,
+        turn_username=config.turn_username,
+        turn_password=config.turn_password,
+        turn_secret=config.turn_secret,
+        turn_credential_ttl=config.turn_credential_ttl,
+    )
+
 
 def create_app(
     config: Config, storage: Storage | None = None, *, web_dir: Path | None = None
@@ -41,43 +68,69 @@ def create_app(
     `storage` defaults to the configured backend, opened and closed with the app. A storage
     passed in belongs to the caller: the app initializes it (idempotent) but does not close it.
     """
-    middlewares: list[Middleware] = []
-    if config.cors_origins:
-        middlewares.append(cors_middleware(config.cors_origins))
-    middlewares += [error_middleware, api_rate_limit_middleware]
-    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
-    app.on_response_prepare.append(security_headers(hsts=config.is_production))
-
-    app[CONFIG_KEY] = config
-    app[STORAGE_KEY] = storage if storage is not None else open_storage(config)
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    store = storage if storage is not None else open_storage(config)
 
     def epoch() -> float:
         return config.clock().timestamp()
 
-    app[API_RATE_LIMITER_KEY] = RateLimiter(config.rate_limit_api_per_min, clock=epoch)
-    app[WS_RATE_LIMITER_KEY] = RateLimiter(config.rate_limit_ws_per_min, clock=epoch)
+    service = CallService(
+        store,
+        secret=config.jwt_secret,
+        clock=config.clock,
+        ice=ice_settings(config),
+        ws_limiter=RateLimiter(config.rate_limit_ws_per_min, clock=epoch),
+    )
+    metrics = Metrics(
+        relay=lambda: app.get(RELAY_KEY),
+        store=lambda: store,
+        max_calls=config.metrics_max_calls,
+        sample_interval=config.metrics_sample_interval,
+        auth_token=config.metrics_auth_token,
+        ws_events_in=CLIENT_EVENTS,
+        ws_events_out=SERVER_EVENTS,
+    )
 
-    # Registered first so it is torn down last: the relay's cleanup may still write to storage.
-    app.cleanup_ctx.append(_storage_lifetime(owned=storage is None))
-
-    app.add_routes(health_routes)
-    app.add_routes(video_call_routes)
-    app.add_routes(admin_routes)
-
-    setup_signaling(app)
-    setup_metrics(app)
+    setup_api(
+        app,
+        service=service,
+        storage=store,
+        rate_limiter=RateLimiter(config.rate_limit_api_per_min, clock=epoch),
+        quality=metrics,
+        cors_origins=config.cors_origins,
+        hsts=config.is_production,
+    )
+    setup_signaling(app, service=service, relay=lambda: app[RELAY_KEY], observer=metrics)
+    setup_metrics(app, metrics)
     _setup_web_client(app, web_dir or WEB_DIR)
+
+    # Started in this order, stopped in reverse: the relay's teardown may still write to
+    # storage, and metrics subscribes to the relay's call ends and stores what is left at stop.
+    app.cleanup_ctx.append(_storage_lifetime(store, owned=storage is None))
+    app.cleanup_ctx.append(_relay_lifetime(relay_settings(config)))
+    app.cleanup_ctx.append(metrics.context)
     return app
 
 
-def _storage_lifetime(*, owned: bool) -> Callable[[web.Application], AsyncIterator[None]]:
+def _storage_lifetime(
+    storage: Storage, *, owned: bool
+) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        storage = app[STORAGE_KEY]
         await storage.initialize()
         log.info("storage ready (%s)", storage.backend)
         yield
         if owned:
             await storage.close()
+
+    return lifetime
+
+
+def _relay_lifetime(settings: RelaySettings) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        relay = Relay(settings)  # needs the running loop: built at start-up, not in create_app
+        app[RELAY_KEY] = relay
+        yield
+        await relay.close()
 
     return lifetime
 

@@ -57,6 +57,12 @@ class Config:
     relay_udp_ports: tuple[int, int] | None = None
     rate_limit_api_per_min: int = 10
     rate_limit_ws_per_min: int = 3
+    # Calls with per-call Prometheus series (0 disables them).
+    metrics_max_calls: int = 200
+    # Seconds between quality samples.
+    metrics_sample_interval: float = 1.0
+    # When set, `/metrics` requires `Authorization: Bearer <token>`.
+    metrics_auth_token: str | None = None
     # Injected so time-window rules are testable without sleeping; never compared or printed.
     clock: Callable[[], datetime] = field(default=utc_now, compare=False, repr=False)
 
@@ -130,6 +136,9 @@ class Config:
             relay_udp_ports=udp_ports,
             rate_limit_api_per_min=env.get_int("RATE_LIMIT_API_PER_MIN", 10, minimum=0),
             rate_limit_ws_per_min=env.get_int("RATE_LIMIT_WS_PER_MIN", 3, minimum=0),
+            metrics_max_calls=env.get_int("METRICS_MAX_CALLS", 200, minimum=0),
+            metrics_sample_interval=env.get_float("METRICS_SAMPLE_INTERVAL", 1.0, minimum=0.1),
+            metrics_auth_token=env.get_str("METRICS_AUTH_TOKEN"),
         )
 
 
@@ -157,6 +166,18 @@ class _Env:
         if value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
             raise ConfigError(f"{name} must be {bound}, got {value}")
+        return value
+
+    def get_float(self, name: str, default: float, *, minimum: float) -> float:
+        raw = self.get_str(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+        if not value >= minimum:  # also refuses NaN
+            raise ConfigError(f"{name} must be >= {minimum}, got {value}")
         return value
 
     def get_list(self, name: str) -> tuple[str, ...]:

@@ -120,3 +120,34 @@ def test_invalid_values_name_the_variable(name: str, value: str) -> None:
 def test_base_url_for_ipv6_host() -> None:
     config = Config.from_env({"JWT_SECRET": SECRET, "HOST": "::1", "PORT": "9000"})
     assert config.base_url() == "http://[::1]:9000"
+
+
+def test_metrics_settings() -> None:
+    defaults = Config.from_env({"JWT_SECRET": SECRET})
+    assert (defaults.metrics_max_calls, defaults.metrics_sample_interval) == (200, 1.0)
+    assert defaults.metrics_auth_token is None
+    config = Config.from_env(
+        {
+            "JWT_SECRET": SECRET,
+            "METRICS_MAX_CALLS": "0",
+            "METRICS_SAMPLE_INTERVAL": "0.25",
+            "METRICS_AUTH_TOKEN": " t0ken ",
+        }
+    )
+    assert (config.metrics_max_calls, config.metrics_sample_interval) == (0, 0.25)
+    assert config.metrics_auth_token == "t0ken"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("METRICS_MAX_CALLS", "lots", "METRICS_MAX_CALLS must be an integer, got 'lots'"),
+        ("METRICS_MAX_CALLS", "-1", "METRICS_MAX_CALLS must be >= 0, got -1"),
+        ("METRICS_SAMPLE_INTERVAL", "0", "METRICS_SAMPLE_INTERVAL must be >= 0.1, got 0.0"),
+        ("METRICS_SAMPLE_INTERVAL", "fast", "METRICS_SAMPLE_INTERVAL must be a number, got 'fast'"),
+    ],
+)
+def test_metrics_settings_keep_their_messages(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Config.from_env({"JWT_SECRET": SECRET, name: value})
+    assert str(info.value) == message

@@ -8,9 +8,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from api.errors import error_middleware
-from smiling_relay.appkeys import CONFIG_KEY
+from api.keys import SERVICE_KEY
+from calls.service import CallService
 from smiling_relay.config import Config
 from storage.base import StorageError, format_datetime
+from storage.sqlite import SQLiteStorage
 from tests.conftest import MakeClient
 from tests.helpers import FakeClock, auth_headers, error_of
 
@@ -54,7 +56,10 @@ def _app_raising(exc: Exception, config: Config) -> web.Application:
         raise exc
 
     app = web.Application(middlewares=[error_middleware])
-    app[CONFIG_KEY] = config
+    # The envelope's timestamp comes from the service's clock (its storage is never used here).
+    app[SERVICE_KEY] = CallService(
+        SQLiteStorage(config.sqlite_path), secret=config.jwt_secret, clock=config.clock
+    )
     app.router.add_get("/boom", boom)
     return app
 

@@ -7,54 +7,11 @@ import math
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from api.ratelimit import RateLimiter
-from smiling_relay.appkeys import API_RATE_LIMITER_KEY, WS_RATE_LIMITER_KEY
+from api.keys import API_RATE_LIMITER_KEY, SERVICE_KEY
 from tests.conftest import MakeClient
 from tests.helpers import FakeClock, TokenFactory, auth_headers, error_of
 
 Client = TestClient[web.Request, web.Application]
-
-
-class Seconds:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_sliding_window() -> None:
-    t = Seconds()
-    limiter = RateLimiter(3, 60, clock=t)
-    results = [limiter.hit("u") for _ in range(3)]
-    assert [r.remaining for r in results] == [2, 1, 0]
-    assert all(r.allowed for r in results)
-    t.now += 10
-    refused = limiter.hit("u")
-    assert not refused.allowed
-    assert refused.retry_after == 50
-    assert refused.headers()["Retry-After"] == "50"
-    assert refused.headers()["X-RateLimit-Reset"] == str(1_000_000 + 60)
-    assert limiter.hit("other").allowed  # keys are independent
-    t.now += 50  # the three first hits leave the window together
-    assert [limiter.hit("u").allowed for _ in range(4)] == [True, True, True, False]
-    assert limiter.peek("u").remaining == 0
-
-
-def test_disabled_when_zero() -> None:
-    limiter = RateLimiter(0)
-    assert all(limiter.hit("u").allowed for _ in range(1000))
-
-
-def test_idle_keys_are_swept() -> None:
-    t = Seconds()
-    limiter = RateLimiter(5, 60, clock=t)
-    for i in range(2000):
-        limiter.hit(f"k{i}")
-    t.now += 120
-    for i in range(1100):
-        limiter.hit(f"fresh{i}")
-    assert len(limiter._hits) < 2000 + 1100
 
 
 async def test_api_limit_returns_429_with_headers(
@@ -95,6 +52,6 @@ async def test_limiters_are_configured_from_config(make_client: MakeClient) -> N
     client = await make_client(rate_limit_api_per_min=7, rate_limit_ws_per_min=3)
     app = client.app
     assert app[API_RATE_LIMITER_KEY].limit == 7
-    ws = app[WS_RATE_LIMITER_KEY]
+    ws = app[SERVICE_KEY].ws_limiter
     assert ws.limit == 3
     assert [ws.hit("user:x").allowed for _ in range(4)] == [True, True, True, False]

@@ -1,5 +1,6 @@
-"""`setup_metrics` inside a real aiohttp app: /metrics, the REST middleware, the hooks, the
-sampler, end-of-call storage and the admin endpoints (with a fake relay and real SQLite)."""
+"""`setup_metrics` inside a real aiohttp app: /metrics, the REST middleware, the WebSocket
+observer, the sampler, end-of-call storage and the admin endpoints over it (api/admin_metrics.py,
+reading the `Metrics` object), with a fake relay and real SQLite."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from api.errors import SESSION_NOT_FOUND, ApiError, error_middleware, ok
+from api import admin_metrics
+from api.errors import ApiError, error_middleware, ok
+from api.keys import QUALITY_KEY, SERVICE_KEY
+from calls.errors import SESSION_NOT_FOUND
 from calls.identity import mint_token
-from metrics.hooks import count_error, count_ws_message
+from calls.service import CallService
 from metrics.keys import METRICS_KEY
-from metrics.setup import setup_metrics
-from smiling_relay.appkeys import CONFIG_KEY, RELAY_KEY, STORAGE_KEY
+from metrics.setup import Metrics, setup_metrics
+from signaling.protocol import CLIENT_EVENTS, SERVER_EVENTS
 from smiling_relay.config import Config, ConfigError
 from storage.sqlite import SQLiteStorage
 from tests.metrics.conftest import FakeRelay
@@ -59,10 +63,11 @@ async def crash(request: web.Request) -> web.Response:
 async def ws_handler(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse()
     await ws.prepare(request)
+    metrics = request.app[METRICS_KEY]
     async for msg in ws:
-        count_ws_message(request, str(msg.data), "in")
+        metrics.ws_message(str(msg.data), "in")
         await ws.send_str("pong")
-        count_ws_message(request.app, "pong", "out")
+        metrics.ws_message("pong", "out")
     return ws
 
 
@@ -71,13 +76,13 @@ def make_app(
     db: Path | None,
     environ: dict[str, str] | None = None,
 ) -> web.Application:
+    """An app with metrics wired as `create_app` wires them, and stub REST routes."""
+    config = Config.from_env(
+        {"JWT_SECRET": SECRET, "METRICS_SAMPLE_INTERVAL": "0.1", **(environ or {})}
+    )
     app = web.Application(middlewares=[error_middleware])
-    app[CONFIG_KEY] = Config(jwt_secret=SECRET)
-    if relay is not None:
-        app[RELAY_KEY] = cast(Any, relay)
-    if db is not None:
-        storage = SQLiteStorage(db)
-        app[STORAGE_KEY] = storage
+    storage = SQLiteStorage(db) if db is not None else None
+    if storage is not None:
 
         async def storage_ctx(app: web.Application) -> AsyncIterator[None]:
             await storage.initialize()
@@ -85,10 +90,24 @@ def make_app(
             await storage.close()
 
         app.cleanup_ctx.append(storage_ctx)
+    metrics = Metrics(
+        relay=lambda: cast(Any, relay),
+        store=lambda: storage,
+        max_calls=config.metrics_max_calls,
+        sample_interval=config.metrics_sample_interval,
+        auth_token=config.metrics_auth_token,
+        ws_events_in=CLIENT_EVENTS,
+        ws_events_out=SERVER_EVENTS,
+    )
+    # The admin endpoints authenticate through the call service (whose storage they never touch).
+    app[SERVICE_KEY] = CallService(storage or SQLiteStorage(":memory:"), secret=SECRET)
+    app[QUALITY_KEY] = metrics
+    app.add_routes(admin_metrics.routes)
     app.router.add_get("/api/video-calls/can-join/{sessionId}", can_join)
     app.router.add_get("/api/crash", crash)
     app.router.add_get("/ws", ws_handler)
-    setup_metrics(app, environ={"METRICS_SAMPLE_INTERVAL": "0.1", **(environ or {})})
+    setup_metrics(app, metrics)
+    app.cleanup_ctx.append(metrics.context)
     return app
 
 
@@ -120,7 +139,7 @@ async def test_metrics_endpoint_and_independent_registries(
     assert metric(text, "smiling_relay_active_calls") == 1
     assert metric(text, "smiling_relay_stream_bytes_total", call="room-a") == 123
 
-    count_error(one.app, "ROOM_FULL")
+    one.app[METRICS_KEY].ws_error("ROOM_FULL")
     text_one = await (await one.get("/metrics")).text()
     text_two = await (await two.get("/metrics")).text()
     assert metric(text_one, "smiling_relay_errors_total", code="ROOM_FULL", source="ws") == 1
@@ -151,15 +170,16 @@ async def test_rest_requests_are_timed_by_canonical_route(aiohttp_client: Client
     assert client.app[METRICS_KEY].aggregates.pending_errors == 3
 
 
-async def test_websocket_hooks_and_no_timing_of_ws(aiohttp_client: ClientFactory) -> None:
+async def test_websocket_observer_and_no_timing_of_ws(aiohttp_client: ClientFactory) -> None:
     client = await aiohttp_client(make_app(None, None))
+    metrics = client.app[METRICS_KEY]
     async with client.ws_connect("/ws") as ws:
         for event in ("join-room", "offer", "made-up-by-a-client"):
             await ws.send_str(event)
             assert (await ws.receive()).data == "pong"
-    count_ws_message(client.app, "server-news", "out")  # server-side events are trusted
+    metrics.ws_message("server-news", "out")  # server-side events are trusted
     with pytest.raises(ValueError, match="direction"):
-        count_ws_message(client.app, "offer", "sideways")
+        metrics.ws_message("offer", "sideways")
     text = await (await client.get("/metrics")).text()
     m = "smiling_relay_websocket_messages_total"
     assert metric(text, m, event="join-room", direction="in") == 1
@@ -173,9 +193,10 @@ async def test_websocket_hooks_and_no_timing_of_ws(aiohttp_client: ClientFactory
 
 async def test_error_codes_are_bounded(aiohttp_client: ClientFactory) -> None:
     client = await aiohttp_client(make_app(None, None))
-    count_error(client.app, "not a code; DROP TABLE")
+    metrics = client.app[METRICS_KEY]
+    metrics.ws_error("not a code; DROP TABLE")
     for i in range(150):
-        count_error(client.app, f"CODE_{i}")
+        metrics.ws_error(f"CODE_{i}")
     text = await (await client.get("/metrics")).text()
     codes = {
         s.labels["code"]
@@ -185,12 +206,6 @@ async def test_error_codes_are_bounded(aiohttp_client: ClientFactory) -> None:
     }
     assert len(codes) <= 101
     assert "OTHER" in codes
-
-
-def test_hooks_are_noops_without_metrics() -> None:
-    app = web.Application()
-    count_ws_message(app, "offer", "in")
-    count_error(app, "ROOM_FULL")
 
 
 async def test_metrics_token(aiohttp_client: ClientFactory) -> None:
@@ -220,7 +235,7 @@ async def test_call_end_stores_summary_and_aggregates(
     aiohttp_client: ClientFactory, fake_relay: FakeRelay, tmp_path: Path
 ) -> None:
     client = await aiohttp_client(make_app(fake_relay, tmp_path / "db.sqlite3"))
-    storage = client.app[STORAGE_KEY]
+    storage = client.app[SERVICE_KEY].storage
     c = await storage.create_user(name="Client", email="c@example.org", role="client")
     p = await storage.create_user(name="Dr P", email="p@example.org", role="psychologist")
     session = await storage.create_session(
@@ -359,7 +374,7 @@ async def test_shutdown_stores_calls_still_open(
         return "room-open" in metrics.sampler.calls
 
     await wait_for(tracked, what="the sampler to track the call")
-    count_error(client.app, "CONNECTION_TIMEOUT")
+    metrics.ws_error("CONNECTION_TIMEOUT")
     await client.close()  # runs the cleanup contexts
 
     conn = sqlite3.connect(db)

@@ -15,6 +15,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from metrics.setup import Metrics
+from signaling.protocol import CLIENT_EVENTS, SERVER_EVENTS
 from tests.metrics import dashboard
 from tests.metrics.conftest import FakeRelay
 
@@ -37,7 +38,12 @@ def exported_names() -> set[str]:
     )
     relay.add("room-a", "s2", "video", "out", source="s1", rtt_seconds=0.1, remb_bps=1)
     relay.stats.connection_failures["ice"] += 1
-    metrics = Metrics(relay=lambda: relay, store=lambda: None)
+    metrics = Metrics(
+        relay=lambda: relay,
+        store=lambda: None,
+        ws_events_in=CLIENT_EVENTS,
+        ws_events_out=SERVER_EVENTS,
+    )
     metrics.instruments.observe_request("/x", "GET", 200, 0.01)
     metrics.instruments.call_duration.observe(60)
     metrics.instruments.call_audio_mos.observe(4.2)

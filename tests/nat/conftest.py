@@ -23,8 +23,7 @@ import pytest
 from aiohttp import web
 
 from relay.sfu import Relay
-from smiling_relay.app import create_app
-from smiling_relay.appkeys import RELAY_KEY
+from smiling_relay.app import RELAY_KEY, create_app
 from smiling_relay.config import Config
 from storage.base import Storage, to_utc_ms
 from synth import netns

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from api.ice import turn_rest_credentials
+from calls.ice_servers import turn_rest_credentials
 from storage.base import Storage
 from tests.helpers import BookingFactory
 from tests.nat import topology

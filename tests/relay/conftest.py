@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from relay.sfu import Relay
-from smiling_relay.appkeys import RELAY_KEY
+from smiling_relay.app import RELAY_KEY
 from storage.base import Storage
 from synth import netns
 from synth.client import CallClient

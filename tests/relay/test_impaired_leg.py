@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 
 from relay.sfu import Relay
 from relay.stats import StreamStats
-from smiling_relay.appkeys import RELAY_KEY
+from smiling_relay.app import RELAY_KEY
 from storage.base import Storage
 from synth.client import CallClient
 from synth.tracks import PatternVideoTrack

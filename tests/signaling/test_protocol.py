@@ -12,7 +12,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from relay.sfu import Relay
-from smiling_relay.appkeys import RELAY_KEY
+from smiling_relay.app import RELAY_KEY
 from storage.base import Storage
 from tests.helpers import Booking, BookingFactory, TokenFactory
 from tests.waiting import eventually

@@ -1,5 +1,6 @@
 """THE access policy for a session's video call: REST `can-join`, `start`, `generate-room`,
-and the WebSocket `join-room` all decide through `evaluate_access`, so they can never disagree.
+and the WebSocket `join-room` all decide through `evaluate_access` (called by
+`calls.service.CallService` only), so they can never disagree.
 
 The seed's rules: the session exists and is Confirmed; payment is settled; now lies within
 15 minutes before to 2 hours after `sessionDate` (edges included); the caller is the session's

@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from api.access import (
+from calls.identity import Identity
+from calls.policy import (
     JOIN_CLOSES_AFTER,
     JOIN_OPENS_BEFORE,
     NOT_A_PARTICIPANT,
@@ -24,7 +25,6 @@ from api.access import (
     is_payment_settled,
     minutes_until,
 )
-from calls.identity import Identity
 from storage.base import PAYMENT_STATUSES, SESSION_STATUSES, SessionRecord, call_duration_minutes
 
 CLIENT = "1" * 24

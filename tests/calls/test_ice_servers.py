@@ -1,4 +1,4 @@
-"""The ICE server list of `GET /api/video-calls/config` (api/ice.py), without a server."""
+"""The ICE server list of `GET /api/video-calls/config` (calls/ice_servers.py), without a server."""
 
 from __future__ import annotations
 
@@ -7,15 +7,14 @@ import hashlib
 import hmac
 from datetime import UTC, datetime
 
-from api.ice import ice_servers, turn_rest_credentials, turn_urls
-from smiling_relay.config import Config
+from calls.ice_servers import IceSettings, ice_servers, turn_rest_credentials, turn_urls
 
 NOW = datetime(2025, 12, 15, 14, 0, tzinfo=UTC)
 USER = "507f1f77bcf86cd799439011"
 
 
-def config(**overrides: object) -> Config:
-    return Config(jwt_secret="x" * 32, **overrides)  # type: ignore[arg-type]
+def config(**overrides: object) -> IceSettings:
+    return IceSettings(**overrides)  # type: ignore[arg-type]
 
 
 def test_nothing_configured_means_host_candidates_only() -> None:

@@ -1,0 +1,52 @@
+"""Wires the REST face into an app: its middlewares, its routes and the objects they read.
+
+Called once by the composition root (`smiling_relay.app.create_app`), which builds the objects;
+nothing here parses configuration or opens storage.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api import admin, admin_metrics, health, routes
+from api.admin_metrics import QualityReader
+from api.errors import call_error_middleware, error_middleware
+from api.keys import API_RATE_LIMITER_KEY, QUALITY_KEY, SERVICE_KEY, STORAGE_KEY
+from api.middleware import cors_middleware, security_headers
+from api.ratelimit import api_rate_limit_middleware
+from calls.ratelimit import RateLimiter
+from calls.service import CallService
+from storage.base import Storage
+
+
+def setup_api(
+    app: web.Application,
+    *,
+    service: CallService,
+    storage: Storage,
+    rate_limiter: RateLimiter,
+    quality: QualityReader,
+    cors_origins: tuple[str, ...] = (),
+    hsts: bool = False,
+) -> None:
+    """Register `/healthz`, `/api/video-calls/*`, `/api/admin/*` and the REST middlewares."""
+    app[SERVICE_KEY] = service
+    app[STORAGE_KEY] = storage
+    app[API_RATE_LIMITER_KEY] = rate_limiter
+    app[QUALITY_KEY] = quality
+    # Outermost first; the call-error translation is innermost so the rate-limit headers and
+    # the envelope treat the service's refusals like any other ApiError.
+    if cors_origins:
+        app.middlewares.append(cors_middleware(cors_origins))
+    app.middlewares.extend(
+        [
+            error_middleware,
+            api_rate_limit_middleware,
+            call_error_middleware,
+        ]
+    )
+    app.on_response_prepare.append(security_headers(hsts=hsts))
+    app.add_routes(health.routes)
+    app.add_routes(routes.routes)
+    app.add_routes(admin.routes)
+    app.add_routes(admin_metrics.routes)
