@@ -1,47 +1,5 @@
-"""Persistence: the `Storage` interface, its records, and the SQLite and MongoDB backends."""
+"""Persistence: the `Storage` interface and its records (`storage.base`), the SQLite and MongoDB
+backends (`storage.sqlite`, `storage.mongo`) and the factory that picks one (`storage.factory`).
 
-from storage.base import (
-    AUDIT_ACTIONS,
-    PAYMENT_STATUSES,
-    ROLES,
-    SESSION_STATUSES,
-    SESSION_TYPES,
-    AuditEntry,
-    DuplicateError,
-    HistoryPage,
-    SessionRecord,
-    Storage,
-    StorageError,
-    Transition,
-    UserRecord,
-    call_duration_minutes,
-    format_datetime,
-    is_object_id,
-    new_id,
-    parse_datetime,
-    to_utc_ms,
-)
-from storage.factory import open_storage
-
-__all__ = [
-    "AUDIT_ACTIONS",
-    "PAYMENT_STATUSES",
-    "ROLES",
-    "SESSION_STATUSES",
-    "SESSION_TYPES",
-    "AuditEntry",
-    "DuplicateError",
-    "HistoryPage",
-    "SessionRecord",
-    "Storage",
-    "StorageError",
-    "Transition",
-    "UserRecord",
-    "call_duration_minutes",
-    "format_datetime",
-    "is_object_id",
-    "new_id",
-    "open_storage",
-    "parse_datetime",
-    "to_utc_ms",
-]
+Nothing is imported here, so `import storage.base` loads no backend and no driver.
+"""
