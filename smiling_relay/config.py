@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from storage.crypto import EncryptionKeyError, parse_keys
+
 log = logging.getLogger(__name__)
 
 PRODUCTION_NAMES = frozenset({"production", "prod"})
@@ -63,6 +65,9 @@ class Config:
     metrics_sample_interval: float = 1.0
     # When set, `/metrics` requires `Authorization: Bearer <token>`.
     metrics_auth_token: str | None = None
+    # Field-level encryption at rest of the SQLite store's personal data (storage/crypto.py):
+    # `id:base64key[,id:base64key…]`, the first entry current. Never printed.
+    data_encryption_key: str | None = field(default=None, repr=False)
     # Injected so time-window rules are testable without sleeping; never compared or printed.
     clock: Callable[[], datetime] = field(default=utc_now, compare=False, repr=False)
 
@@ -109,6 +114,12 @@ class Config:
             )
 
         udp_ports = env.get_port_range("RELAY_UDP_PORTS")
+        data_key = env.get_str("DATA_ENCRYPTION_KEY")
+        if data_key is not None:
+            try:
+                parse_keys(data_key)
+            except EncryptionKeyError as exc:
+                raise ConfigError(f"DATA_ENCRYPTION_KEY: {exc}") from None
         return cls(
             jwt_secret=jwt_secret,
             jwt_secret_generated=generated,
@@ -139,6 +150,7 @@ class Config:
             metrics_max_calls=env.get_int("METRICS_MAX_CALLS", 200, minimum=0),
             metrics_sample_interval=env.get_float("METRICS_SAMPLE_INTERVAL", 1.0, minimum=0.1),
             metrics_auth_token=env.get_str("METRICS_AUTH_TOKEN"),
+            data_encryption_key=data_key,
         )
 
 

@@ -151,3 +151,12 @@ def test_metrics_settings_keep_their_messages(name: str, value: str, message: st
     with pytest.raises(ConfigError) as info:
         Config.from_env({"JWT_SECRET": SECRET, name: value})
     assert str(info.value) == message
+
+
+def test_data_encryption_key_is_validated_and_never_printed() -> None:
+    key = "k1:" + "A" * 43 + "="
+    config = Config.from_env({"JWT_SECRET": "x" * 40, "DATA_ENCRYPTION_KEY": key})
+    assert config.data_encryption_key == key
+    assert key not in repr(config)
+    with pytest.raises(ConfigError, match="DATA_ENCRYPTION_KEY: key 'k1' must be 32 bytes"):
+        Config.from_env({"JWT_SECRET": "x" * 40, "DATA_ENCRYPTION_KEY": "k1:c2hvcnQ="})

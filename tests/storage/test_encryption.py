@@ -7,12 +7,16 @@ a key rotation rewrites every row under the new key; tampering fails loudly, nev
 from __future__ import annotations
 
 import base64
+import dataclasses
 import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from smiling_relay.app import create_app
+from smiling_relay.config import Config
 from storage.base import AuditEntry, DuplicateError, StorageError
 from storage.crypto import EncryptionKeyError, FieldCipher, parse_keys
 from storage.sqlite import SQLiteStorage
@@ -157,3 +161,23 @@ def test_malformed_keys_are_refused_with_a_reason(text: str, problem: str) -> No
 def test_the_first_listed_key_is_current() -> None:
     current, keys = parse_keys(f" {KEY_2} , {KEY_1} ")
     assert current == "k2" and set(keys) == {"k1", "k2"}
+
+
+async def test_the_app_encrypts_what_the_admin_api_writes(
+    aiohttp_client: Any, admin_token: str, config: Config, tmp_path: Path
+) -> None:
+    """DATA_ENCRYPTION_KEY reaches the store the app opens itself (storage.factory)."""
+    path = tmp_path / "app.sqlite3"
+    app = create_app(dataclasses.replace(config, sqlite_path=str(path), data_encryption_key=KEY_1))
+    client = await aiohttp_client(app)
+    resp = await client.post(
+        "/api/admin/users",
+        headers={"x-auth-token": admin_token},
+        json={"name": "Jane Doe", "email": "jane@example.test", "role": "client"},
+    )
+    assert resp.status == 201, await resp.text()
+    user = (await resp.json())["data"]
+    assert (user["name"], user["email"]) == ("Jane Doe", "jane@example.test")
+    raw = _raw(path)
+    assert "Jane Doe" not in raw and "jane@example.test" not in raw and "enc1:k1:" in raw
+    await client.close()
