@@ -9,6 +9,8 @@ metrics starts and stops after it, and storage outlives both).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 
 # `web/` sits next to the packages, in a checkout and in an installed copy alike.
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+RETENTION_INTERVAL = 3600.0  # seconds between retention passes
 MAX_BODY_BYTES = 256 * 1024
 
 # The running relay (set by its cleanup context; the faces get it through `create_app`).
@@ -118,11 +121,28 @@ def _storage_lifetime(
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await storage.initialize()
         log.info("storage ready (%s)", storage.backend)
+        pruner = asyncio.create_task(_prune_periodically(storage), name="storage-retention")
         yield
+        pruner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pruner
         if owned:
             await storage.close()
 
     return lifetime
+
+
+async def _prune_periodically(storage: Storage) -> None:
+    """The retention rules (six months of audit) hold for a process that runs for months."""
+    while True:
+        await asyncio.sleep(RETENTION_INTERVAL)
+        try:
+            pruned = await storage.prune_expired()
+        except Exception:
+            log.exception("the retention job failed; it runs again in an hour")
+            continue
+        if pruned:
+            log.info("retention: %d expired records deleted", pruned)
 
 
 def _relay_lifetime(settings: RelaySettings) -> Callable[[web.Application], AsyncIterator[None]]:
