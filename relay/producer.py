@@ -177,6 +177,7 @@ class Producer:
         self._received += 1
         if self._max_seq < 0:
             self._base_seq = self._max_seq = seq
+            self._last_transit = arrival * self._clock_rate - timestamp  # jitter from packet 2
             return
         delta = (seq - self._max_seq) & 0xFFFF
         if delta == 0:
