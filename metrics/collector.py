@@ -275,6 +275,11 @@ class RelayCollector(Collector):
             "Participants that left a call (any reason).",
             value=stats.participants_left,
         )
+        yield CounterMetricFamily(
+            f"{PREFIX}_media_path_errors",
+            "Received packets whose handling raised an exception (relay bugs, not bad packets).",
+            value=stats.media_path_errors,
+        )
         failures = CounterMetricFamily(
             f"{PREFIX}_connection_failures",
             "WebRTC connections that failed, by reason (ICE, DTLS, timeout, …).",

@@ -13,10 +13,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiortc.rtp import RtcpReceiverInfo, RtcpSenderInfo, RtcpSrPacket
 
-from relay._aiortc import MediaTransport
 from relay.negotiation import Codec
 from relay.producer import Producer
 from relay.rtp import FIXED_HEADER, abs_send_time_now, build_extension_block
@@ -24,6 +24,19 @@ from relay.stats import StreamStats
 
 HISTORY_SIZE = 512  # packets kept for NACK, ~2 s of 500 kbit/s video
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 to 1970
+
+
+class PacketSink(Protocol):
+    """Where a forwarder writes its packets: the subscriber's media transport, or a test's fake."""
+
+    @property
+    def ready(self) -> bool:
+        """Whether `send_rtp` can send now (keys negotiated, a candidate pair nominated)."""
+        ...
+
+    def send_rtp(self, packet: bytes) -> bool:
+        """Protect and send one RTP packet; False when it could not be sent."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -56,7 +69,7 @@ class Forwarder:
         self.stats = StreamStats(kind=kind, direction="out", codec=codec.name)
         self._clock = clock
         self._wall_clock = wall_clock
-        self._transport: MediaTransport | None = None
+        self._sink: PacketSink | None = None
         self._pt = codec.payload_type
         self._rtx_pt: int | None = None
         self._ext_prefix = b""
@@ -79,9 +92,13 @@ class Forwarder:
     def idle(self) -> bool:
         return self.producer is None
 
-    def start(self, transport: MediaTransport, parameters: SendParameters) -> None:
+    @property
+    def remb_bps(self) -> int | None:
+        return self.stats.remb_bps
+
+    def start(self, sink: PacketSink, parameters: SendParameters) -> None:
         """Called once the subscriber's answer is applied: from now on packets can flow."""
-        self._transport = transport
+        self._sink = sink
         self.mid = parameters.mid
         codec = parameters.codec
         self._pt = codec.payload_type
@@ -112,7 +129,7 @@ class Forwarder:
     def attach(self, producer: Producer) -> None:
         self.detach()
         self.producer = producer
-        producer.forwarders.append(self)
+        producer.add_forwarder(self)
         self._needs_rebase = True
         self._needs_keyframe = self.kind == "video"
         producer.request_keyframe()
@@ -122,28 +139,26 @@ class Forwarder:
         if producer is None:
             return
         self.producer = None
-        if self in producer.forwarders:
-            producer.forwarders.remove(self)
-        self.stats.remb_bps = None
-        producer.update_bandwidth()
+        self.stats.remb_bps = None  # before removal: the producer recomputes REMB without it
+        producer.remove_forwarder(self)
 
     # -- media path ---------------------------------------------------------------------------
 
     def forward(
         self, seq: int, timestamp: int, marker: int, payload: bytes, keyframe: bool
     ) -> None:
-        transport = self._transport
+        sink = self._sink
         if self._needs_rebase:
             # readiness is checked only until the first packet goes out: afterwards a failed
             # send says the same, at no extra cost per packet
-            if transport is None or not transport.ready:
+            if sink is None or not sink.ready:
                 return
             if self._needs_keyframe and not keyframe:
                 if self.producer is not None:
                     self.producer.request_keyframe()
                 return
             self._rebase(seq, timestamp)
-        assert transport is not None
+        assert sink is not None
         out_seq = (seq + self._seq_offset) & 0xFFFF
         out_ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
         header = FIXED_HEADER.pack(
@@ -155,7 +170,7 @@ class Forwarder:
             )
         else:
             packet = b"".join((header, self._ext_prefix, payload))
-        if not transport.send_rtp(packet):
+        if not sink.send_rtp(packet):
             self._needs_rebase = True  # the connection went away: start again on a keyframe
             self._needs_keyframe = self.kind == "video"
             return
@@ -187,8 +202,8 @@ class Forwarder:
     # -- feedback from the subscriber ---------------------------------------------------------
 
     def on_nack(self, lost: list[int]) -> None:
-        transport = self._transport
-        if transport is None:
+        sink = self._sink
+        if sink is None:
             return
         for seq in lost:
             seq &= 0xFFFF
@@ -197,7 +212,7 @@ class Forwarder:
                 continue  # never sent or already overwritten: the producer's own NACK covers it
             if self._rtx_pt is not None:
                 packet = self._rtx_packet(packet)
-            if transport.send_rtp(packet):
+            if sink.send_rtp(packet):
                 self.stats.retransmits += 1
 
     def _rtx_packet(self, packet: bytes) -> bytes:
@@ -243,8 +258,8 @@ class Forwarder:
         now_wall = self._wall_clock()
         producer = self.producer
         rate = self.codec.clock_rate
-        if producer is not None and producer.sr_rtp_timestamp is not None:
-            source_ts = producer.sr_rtp_timestamp + int((now_wall - producer.sr_wall_time) * rate)
+        source_ts = producer.source_rtp_time(now_wall) if producer is not None else None
+        if source_ts is not None:
             rtp_ts = (source_ts + self._ts_offset) & 0xFFFFFFFF
         else:
             elapsed = self._clock() - self._last_sent_at

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtp import (
@@ -43,12 +44,14 @@ from relay.negotiation import (
 from relay.producer import Producer
 from relay.reasons import LeaveReason
 from relay.rtp import find_extension, payload_bounds
-from relay.stats import ConnectionFailure
-
-if TYPE_CHECKING:
-    from relay.room import Room
+from relay.settings import RelaySettings
+from relay.stats import ConnectionFailure, RelayStats
 
 logger = logging.getLogger(__name__)
+
+# Media-path exceptions logged with a traceback per relay; after that they are only counted
+# (RelayStats.media_path_errors), so a bug hit by every packet cannot flood the log.
+LOGGED_MEDIA_PATH_ERRORS = 5
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,22 @@ class TrackInfo:
     kind: str
     socket_id: str | None  # whose media arrives on this transceiver; None while it is idle
     user_id: str | None
+
+
+class ParticipantOwner(Protocol):
+    """What a participant needs from the room it is in (`relay.room.Room` implements it)."""
+
+    def drop(self, participant: Participant, reason: LeaveReason) -> None:
+        """Remove the participant from a callback that cannot wait (its connection failed)."""
+        ...
+
+    def producers_added(self, participant: Participant, producers: list[Producer]) -> None:
+        """The participant published new tracks: forward them to the others."""
+        ...
+
+    def participant_info(self, socket_id: str) -> ParticipantInfo | None:
+        """Who the participant with this connection id is, while they are in the room."""
+        ...
 
 
 class ParticipantListener(Protocol):
@@ -102,18 +121,29 @@ class _PublisherRouting:
 
 
 class Participant:
-    def __init__(self, room: Room, info: ParticipantInfo, listener: ParticipantListener) -> None:
-        self.room = room
+    def __init__(
+        self,
+        info: ParticipantInfo,
+        listener: ParticipantListener,
+        *,
+        settings: RelaySettings,
+        stats: RelayStats,
+        clock: Callable[[], float],
+        owner: ParticipantOwner,
+    ) -> None:
         self.info = info
         self.listener = listener
         self.media = MediaState()
-        self.joined_at = time.monotonic()
+        self.joined_at = clock()
         self.joined_at_wall = time.time()
         self.first_media_at: float | None = None
         self.producers: dict[str, Producer] = {}
         self.slots: list[Slot] = []
         self.closed = False
-        self._relay = room.relay
+        self._settings = settings
+        self._stats = stats
+        self._clock = clock
+        self._owner = owner
         self._publisher_pc: RTCPeerConnection | None = None
         self._subscriber_pc: RTCPeerConnection | None = None
         self._publisher_transport: MediaTransport | None = None
@@ -151,7 +181,7 @@ class Participant:
             answer = pc.localDescription.sdp
             new_producers = self._add_producers(pc, offered, parse_sections(answer))
         if new_producers:
-            self.room.producers_added(self, new_producers)
+            self._owner.producers_added(self, new_producers)
         return answer
 
     def _add_producers(
@@ -162,7 +192,7 @@ class Participant:
             dtls = _aiortc.dtls_transport_of(pc)
             if dtls is None:
                 return []
-            transport = self._publisher_transport = MediaTransport(dtls)
+            transport = self._publisher_transport = MediaTransport(dtls, self._media_path_failed)
             transport.on_rtp = self._route_publisher_rtp
             transport.on_rtcp = self._on_publisher_rtcp
         by_mid = {t.mid: t for t in pc.getTransceivers()}
@@ -184,9 +214,9 @@ class Participant:
                 rtcp_ssrc=_aiortc.sender_ssrcs(transceiver.sender)[0],
                 send_rtcp=self._send_publisher_rtcp,
                 abs_send_time_id=section.extensions.get(ABS_SEND_TIME_URI, 0),
-                forwarding_delay=self._relay.stats.forwarding_delay,
-                keyframe_interval=self._relay.settings.keyframe_interval,
-                clock=self._relay.clock,
+                forwarding_delay=self._stats.forwarding_delay,
+                keyframe_interval=self._settings.keyframe_interval,
+                clock=self._clock,
             )
             self.producers[section.mid] = producer
             for ssrc in (*offer.ssrcs, *offer.rtx_ssrcs):
@@ -226,7 +256,7 @@ class Participant:
         return matches[0] if len(matches) == 1 else None
 
     def _on_publisher_rtcp(self, data: bytes) -> None:
-        now = self._relay.clock()
+        now = self._clock()
         for packet in _parse_rtcp(data):
             if isinstance(packet, RtcpSrPacket):
                 producer = self._routing.by_ssrc.get(packet.ssrc)
@@ -282,13 +312,13 @@ class Participant:
             if mid is None:
                 continue
             producer = slot.forwarder.producer
-            owner = self.room.participants.get(producer.owner) if producer else None
+            owner = self._owner.participant_info(producer.owner) if producer else None
             tracks.append(
                 TrackInfo(
                     mid=mid,
                     kind=slot.forwarder.kind,
                     socket_id=owner.socket_id if owner else None,
-                    user_id=owner.info.user_id if owner else None,
+                    user_id=owner.user_id if owner else None,
                 )
             )
         return tracks
@@ -328,13 +358,13 @@ class Participant:
             ssrc=ssrc,
             rtx_ssrc=rtx_ssrc,
             codec=producer.codec,
-            clock=self._relay.clock,
+            clock=self._clock,
             wall_clock=time.time,
         )
-        owner = self.room.participants.get(producer.owner)
+        owner = self._owner.participant_info(producer.owner)
         forwarder.attach(producer)
         self.slots.append(
-            Slot(transceiver, forwarder, last_user_id=owner.info.user_id if owner else None)
+            Slot(transceiver, forwarder, last_user_id=owner.user_id if owner else None)
         )
         self._forwarders_by_ssrc[ssrc] = forwarder
 
@@ -359,7 +389,7 @@ class Participant:
             dtls = _aiortc.dtls_transport_of(pc)
             if dtls is None:
                 return
-            transport = self._subscriber_transport = MediaTransport(dtls)
+            transport = self._subscriber_transport = MediaTransport(dtls, self._media_path_failed)
             transport.on_rtcp = self._on_subscriber_rtcp
         for slot in self.slots:
             mid = slot.transceiver.mid
@@ -417,8 +447,8 @@ class Participant:
     # -- shared -------------------------------------------------------------------------------
 
     def _new_connection(self, role: str) -> RTCPeerConnection:
-        pc = RTCPeerConnection(self._relay.settings.rtc_configuration())
-        _aiortc.restrict_gathering(pc, self._relay.settings)
+        pc = RTCPeerConnection(self._settings.rtc_configuration())
+        _aiortc.restrict_gathering(pc, self._settings)
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -428,8 +458,8 @@ class Participant:
                     if pc.iceConnectionState == "failed"
                     else ConnectionFailure.DTLS
                 )
-                self._relay.stats.connection_failures[failure] += 1
-                self.room.drop(self, LeaveReason.ICE_FAILED)
+                self._stats.connection_failures[failure] += 1
+                self._owner.drop(self, LeaveReason.ICE_FAILED)
 
         return pc
 
@@ -451,10 +481,10 @@ class Participant:
 
     def rtcp_tick(self) -> None:
         """Periodic RTCP: receiver reports and REMB to the publisher, sender reports to us."""
-        now = self._relay.clock()
-        if self._silent_since(now) > self._relay.settings.silence_timeout:
-            self._relay.stats.connection_failures[ConnectionFailure.TIMEOUT] += 1
-            self.room.drop(self, LeaveReason.TIMEOUT)
+        now = self._clock()
+        if self._silent_since(now) > self._settings.silence_timeout:
+            self._stats.connection_failures[ConnectionFailure.TIMEOUT] += 1
+            self._owner.drop(self, LeaveReason.TIMEOUT)
             return
         reports = [r for p in self.producers.values() if (r := p.receiver_report(now))]
         if reports and self._publisher_transport is not None:
@@ -474,7 +504,23 @@ class Participant:
             arrivals = [p.first_packet_at for p in self.producers.values() if p.first_packet_at]
             if arrivals:
                 self.first_media_at = min(arrivals)
-                self._relay.stats.setup_time.observe(max(self.first_media_at - self.joined_at, 0))
+                self._stats.setup_time.observe(max(self.first_media_at - self.joined_at, 0))
+
+    def _media_path_failed(self) -> None:
+        """A bug on the media path (not a bad packet): count it, log the first few in full.
+
+        Called by the transports from inside their `except` block, so the traceback is there.
+        """
+        stats = self._stats
+        stats.media_path_errors += 1
+        if stats.media_path_errors <= LOGGED_MEDIA_PATH_ERRORS:
+            logger.exception(
+                "a packet of %s broke the media path (%d of the first %d logged; the rest are "
+                "only counted)",
+                self.socket_id,
+                stats.media_path_errors,
+                LOGGED_MEDIA_PATH_ERRORS,
+            )
 
     def _silent_since(self, now: float) -> float:
         """Seconds since the client last sent RTCP on any media connection (or since the first

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtp import (
@@ -30,15 +30,33 @@ from relay.negotiation import Codec
 from relay.rtp import find_extension, h264_keyframe, payload_bounds, vp8_keyframe
 from relay.stats import Histogram, StreamStats
 
-if TYPE_CHECKING:
-    from relay.forwarder import Forwarder
-
 MAX_TRACKED_MISSING = 256  # sequence numbers the relay is still hoping to get resent
 MISSING_GIVE_UP_SECONDS = 1.0
 REMB_CHANGE_THRESHOLD = 0.05  # resend REMB at once when the target moves by more than 5 %
 REMB_FLOOR_BPS = 30_000
 
 SendRtcp = Callable[[list[AnyRtcpPacket]], None]
+
+
+class TrackSender(Protocol):
+    """What a producer needs from each forwarder it feeds (LiveKit's `TrackSender`).
+
+    The producer knows its forwarders only through this: one call per packet, and the
+    subscriber's bandwidth estimate when it computes REMB.
+    """
+
+    def forward(
+        self, seq: int, timestamp: int, marker: int, payload: bytes, keyframe: bool
+    ) -> None: ...
+
+    @property
+    def remb_bps(self) -> int | None:
+        """The subscriber's last REMB for this stream, None before the first."""
+        ...
+
+    def detach(self) -> None:
+        """The producer is closing: stop forwarding it (and call `remove_forwarder`)."""
+        ...
 
 
 class Producer:
@@ -57,19 +75,21 @@ class Producer:
         forwarding_delay: Histogram,
         keyframe_interval: float,
         clock: Callable[[], float],
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.owner = owner
         self.mid = mid
         self.kind = kind
         self.codec = codec
         self.media_ssrc: int | None = None
-        self.forwarders: list[Forwarder] = []
+        self._forwarders: list[TrackSender] = []
         self.stats = StreamStats(kind=kind, direction="in", codec=codec.name)
         self.first_packet_at: float | None = None
         self.closed = False
         self._rtcp_ssrc = rtcp_ssrc
         self._send_rtcp = send_rtcp
         self._clock = clock
+        self._wall_clock = wall_clock
         self._delay = forwarding_delay
         self._is_video = kind == "video"
         self._is_vp8 = codec.name == "VP8"
@@ -91,8 +111,8 @@ class Producer:
         # sender report of the publisher: (middle 32 bits of NTP, local receive time, RTP time)
         self._sr_ntp_middle = 0
         self._sr_received_at = 0.0
-        self.sr_rtp_timestamp: int | None = None
-        self.sr_wall_time = 0.0
+        self._sr_rtp_timestamp: int | None = None
+        self._sr_wall_time = 0.0
         # bandwidth
         self._abs_send_time_id = abs_send_time_id if self._is_video else 0
         self._estimator = RemoteBitrateEstimator() if self._abs_send_time_id else None
@@ -148,7 +168,7 @@ class Producer:
         else:
             stats.frames += 1
 
-        for forwarder in self.forwarders:
+        for forwarder in self._forwarders:
             forwarder.forward(seq, timestamp, marker, payload, keyframe)
         if not stats.packets & 7:  # one packet in eight is plenty for the delay histogram
             self._delay.observe(self._clock() - arrival)
@@ -157,6 +177,7 @@ class Producer:
         self._received += 1
         if self._max_seq < 0:
             self._base_seq = self._max_seq = seq
+            self._last_transit = arrival * self._clock_rate - timestamp  # jitter from packet 2
             return
         delta = (seq - self._max_seq) & 0xFFFF
         if delta == 0:
@@ -203,6 +224,23 @@ class Producer:
             self.stats.estimate_bps = update[0]
             self.update_bandwidth()
 
+    # -- forwarders ---------------------------------------------------------------------------
+
+    @property
+    def forwarders(self) -> tuple[TrackSender, ...]:
+        """The forwarders this producer feeds, in attach order."""
+        return tuple(self._forwarders)
+
+    def add_forwarder(self, forwarder: TrackSender) -> None:
+        if forwarder not in self._forwarders:
+            self._forwarders.append(forwarder)
+
+    def remove_forwarder(self, forwarder: TrackSender) -> None:
+        """Stop feeding `forwarder`, and recompute REMB without its subscriber's estimate."""
+        if forwarder in self._forwarders:
+            self._forwarders.remove(forwarder)
+            self.update_bandwidth()
+
     # -- feedback to the publisher ------------------------------------------------------------
 
     def request_keyframe(self) -> None:
@@ -222,7 +260,7 @@ class Producer:
         """Send REMB = min(every subscriber's estimate, the relay's own uplink estimate)."""
         if not self._is_video or self.media_ssrc is None or not self.codec.remb:
             return
-        candidates = [f.stats.remb_bps for f in self.forwarders if f.stats.remb_bps]
+        candidates = [bps for f in self._forwarders if (bps := f.remb_bps)]
         if self.stats.estimate_bps:
             candidates.append(self.stats.estimate_bps)
         if not candidates:
@@ -247,8 +285,15 @@ class Producer:
         ntp = report.sender_info.ntp_timestamp
         self._sr_ntp_middle = (ntp >> 16) & 0xFFFFFFFF
         self._sr_received_at = now
-        self.sr_rtp_timestamp = report.sender_info.rtp_timestamp
-        self.sr_wall_time = time.time()
+        self._sr_rtp_timestamp = report.sender_info.rtp_timestamp
+        self._sr_wall_time = self._wall_clock()
+
+    def source_rtp_time(self, wall: float) -> int | None:
+        """The publisher's RTP clock at wall-clock time `wall` (seconds since 1970), as its last
+        sender report maps it; None before the first sender report. Not wrapped to 32 bits."""
+        if self._sr_rtp_timestamp is None:
+            return None
+        return self._sr_rtp_timestamp + int((wall - self._sr_wall_time) * self._clock_rate)
 
     def receiver_report(self, now: float) -> RtcpReceiverInfo | None:
         """This track's block for the periodic RTCP receiver report to the publisher."""
@@ -285,5 +330,5 @@ class Producer:
 
     def close(self) -> None:
         self.closed = True
-        for forwarder in list(self.forwarders):
+        for forwarder in list(self._forwarders):
             forwarder.detach()

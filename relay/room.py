@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 from relay.participant import Participant, ParticipantInfo, ParticipantListener
 from relay.producer import Producer
 from relay.reasons import LeaveReason
-from relay.stats import StreamSample
-
-if TYPE_CHECKING:
-    from relay.sfu import Relay
+from relay.settings import RelaySettings
+from relay.stats import RelayStats, StreamSample
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +27,29 @@ class RoomFull(Exception):
         self.limit = limit
 
 
+class RoomOwner(Protocol):
+    """What a room needs from the relay that opened it (`relay.sfu.Relay` implements it)."""
+
+    async def close_room(self, room: Room) -> None:
+        """The room emptied: forget it, tear it down and report the call closed."""
+        ...
+
+
 class Room:
-    def __init__(self, room_id: str, relay: Relay) -> None:
+    def __init__(
+        self,
+        room_id: str,
+        *,
+        settings: RelaySettings,
+        stats: RelayStats,
+        clock: Callable[[], float],
+        owner: RoomOwner,
+    ) -> None:
         self.room_id = room_id
-        self.relay = relay
+        self.settings = settings
+        self._stats = stats
+        self._clock = clock
+        self._owner = owner
         self.participants: dict[str, Participant] = {}
         self.opened_at_wall = time.time()
         self.closed = False
@@ -46,18 +64,25 @@ class Room:
         if self.closed:
             raise RoomClosed
         replaced = [p for p in self.participants.values() if p.info.user_id == info.user_id]
-        if not replaced and len(self.participants) >= self.relay.settings.max_participants:
-            raise RoomFull(self.relay.settings.max_participants)
+        if not replaced and len(self.participants) >= self.settings.max_participants:
+            raise RoomFull(self.settings.max_participants)
         for old in replaced:
             # a reload must not close the room when the reloading user was alone in it
             await self._remove(old, LeaveReason.REPLACED, tell_them=True, close_if_empty=False)
         if self.closed:
             raise RoomClosed
-        participant = Participant(self, info, listener)
+        participant = Participant(
+            info,
+            listener,
+            settings=self.settings,
+            stats=self._stats,
+            clock=self._clock,
+            owner=self,
+        )
         others = list(self.participants.values())
         self.participants[info.socket_id] = participant
         self._ever_joined.add(info.socket_id)
-        self.relay.stats.participants_joined += 1
+        self._stats.participants_joined += 1
         for other in others:
             other.listener.user_joined(participant)
             for producer in other.producers.values():
@@ -85,7 +110,7 @@ class Room:
         # Membership first, connections last: however long aiortc takes to close (or if it
         # never finishes), the others are told at once and an empty room does not linger.
         del self.participants[participant.socket_id]
-        self.relay.stats.participants_left += 1
+        self._stats.participants_left += 1
         self._remember(participant)
         for other in self.participants.values():
             for producer in participant.producers.values():
@@ -95,7 +120,7 @@ class Room:
         for other in self.participants.values():
             other.listener.user_left(participant, reason)
         if close_if_empty and not self.participants:
-            await self.relay.close_room(self)
+            await self._owner.close_room(self)
         await participant.close()
 
     def _remember(self, participant: Participant) -> None:
@@ -104,12 +129,16 @@ class Room:
         if participant.first_media_at is not None:
             self._setup_times.append(participant.first_media_at - participant.joined_at)
 
-    def producers_added(self, owner: Participant, producers: list[Producer]) -> None:
+    def producers_added(self, participant: Participant, producers: list[Producer]) -> None:
         for other in self.participants.values():
-            if other is owner:
+            if other is participant:
                 continue
             for producer in producers:
-                other.subscribe(producer, owner.info)
+                other.subscribe(producer, participant.info)
+
+    def participant_info(self, socket_id: str) -> ParticipantInfo | None:
+        participant = self.participants.get(socket_id)
+        return participant.info if participant is not None else None
 
     def set_media_state(
         self, participant: Participant, audio: bool, video: bool, screen: bool
@@ -153,7 +182,7 @@ class Room:
         return len(self._ever_joined)
 
     async def _rtcp_loop(self) -> None:
-        interval = self.relay.settings.rtcp_interval
+        interval = self.settings.rtcp_interval
         while True:
             await asyncio.sleep(interval)
             for participant in list(self.participants.values()):

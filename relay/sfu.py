@@ -32,7 +32,9 @@ class Relay:
         """The room with this id, opened on first use."""
         room = self.rooms.get(room_id)
         if room is None:
-            room = self.rooms[room_id] = Room(room_id, self)
+            room = self.rooms[room_id] = Room(
+                room_id, settings=self.settings, stats=self.stats, clock=self.clock, owner=self
+            )
             self.stats.rooms_opened += 1
         return room
 

@@ -106,6 +106,9 @@ class RelayStats:
     rooms_closed: int = 0
     participants_joined: int = 0
     participants_left: int = 0
+    # exceptions raised while handling a received packet that decrypted fine (bugs, not bad
+    # packets: those are dropped uncounted); the first few are logged with their traceback
+    media_path_errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)

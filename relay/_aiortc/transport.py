@@ -13,6 +13,10 @@ keeps aiortc for connection setup and takes over the media path below it:
   the RTCP for the streams it forwards;
 * receivers' decoder threads are stopped as soon as aiortc starts them.
 
+A datagram that fails SRTP authentication (forged, replayed, garbled) is dropped silently: that
+is the network's doing. Any other exception raised by the relay's handlers is a bug: it goes to
+`on_error` (the relay counts and logs it) and the socket keeps serving the next packet.
+
 aiortc and aioice are pinned (`selftest.py`); `self_test()` runs at relay start-up and fails
 loudly when these internals are not where this module expects them.
 """
@@ -20,13 +24,29 @@ loudly when these internals are not where this module expects them.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from pylibsrtp import Error as SrtpError
 
 RtpHandler = Callable[[bytes, float], None]
 RtcpHandler = Callable[[bytes], None]
+# Called from inside the `except` block of a handler's exception (logging.exception works there).
+ErrorHandler = Callable[[], None]
+
+# What unprotecting a bad datagram raises: pylibsrtp.Error (authentication or replay check
+# failed, …) and ValueError ("packet is too long": over pylibsrtp's 1500-byte buffer); IndexError
+# is a one-byte datagram, which has no packet-type byte.
+BAD_PACKET = (SrtpError, ValueError, IndexError)
+
+logger = logging.getLogger(__name__)
+
+
+def log_media_path_error() -> None:
+    """The default `on_error`, for transports nobody counts the errors of (QA clients)."""
+    logger.exception("a received packet broke the media path")
 
 
 class MediaTransport:
@@ -39,6 +59,7 @@ class MediaTransport:
     __slots__ = (
         "_connection",
         "_now",
+        "_on_error",
         "_original_data_received",
         "created_at",
         "dtls",
@@ -47,8 +68,11 @@ class MediaTransport:
         "on_rtp",
     )
 
-    def __init__(self, dtls: RTCDtlsTransport) -> None:
+    def __init__(
+        self, dtls: RTCDtlsTransport, on_error: ErrorHandler = log_media_path_error
+    ) -> None:
         self.dtls = dtls
+        self._on_error = on_error
         self._connection: Any = dtls.transport._connection
         self.on_rtp: RtpHandler | None = None
         self.on_rtcp: RtcpHandler | None = None
@@ -100,15 +124,22 @@ class MediaTransport:
         srtp = self.dtls._rx_srtp
         if 127 < first < 192 and srtp is not None:
             arrival = self._now()
+            # Two `try` blocks, free in CPython 3.11 until something raises: a bad datagram is
+            # dropped without a word, a bug in the handlers is reported and the socket lives on.
             try:
-                if 191 < data[1] < 224:  # RTCP packet types 192..223 (RFC 5761)
+                rtcp = 191 < data[1] < 224  # RTCP packet types 192..223 (RFC 5761)
+                plain = srtp.unprotect_rtcp(data) if rtcp else srtp.unprotect(data)
+            except BAD_PACKET:
+                return
+            try:
+                if rtcp:
                     self.last_rtcp_at = arrival
                     if self.on_rtcp is not None:
-                        self.on_rtcp(srtp.unprotect_rtcp(data))
+                        self.on_rtcp(plain)
                 elif self.on_rtp is not None:
-                    self.on_rtp(srtp.unprotect(data), arrival)
-            except Exception:  # pylibsrtp.Error, malformed packets: drop, never crash the socket
-                return
+                    self.on_rtp(plain, arrival)
+            except Exception:
+                self._on_error()
             return
         self._original_data_received(data, component)
 

@@ -77,6 +77,15 @@ def test_relay_wide_gauges_counters_and_histograms(fake_relay: FakeRelay) -> Non
     assert value(text, f"{f}_bucket", le="+Inf") == 2
 
 
+def test_media_path_errors_are_exported_as_a_counter(fake_relay: FakeRelay) -> None:
+    assert value(scrape(make_collector(fake_relay)), "smiling_relay_media_path_errors_total") == 0
+    fake_relay.stats.media_path_errors = 3
+    text = scrape(make_collector(fake_relay))
+    assert value(text, "smiling_relay_media_path_errors_total") == 3
+    family = next(f for f in text_string_to_metric_families(text) if f.name.endswith("errors"))
+    assert (family.name, family.type) == ("smiling_relay_media_path_errors", "counter")
+
+
 def test_per_stream_series_carry_labels_and_values(fake_relay: FakeRelay) -> None:
     fake_relay.add(
         "room-a",

@@ -17,8 +17,8 @@ from relay.sfu import Relay
 from storage.base import Storage
 from synth.client import CallClient, SignalingError
 from tests.helpers import ADMIN_ID, Booking, BookingFactory
-from tests.relay.conftest import ClientMaker
 from tests.relay.helpers import connected_pair, join_and_publish, open_room, sees
+from tests.relay.media.conftest import ClientMaker
 
 
 async def test_three_participants_each_see_the_other_two(

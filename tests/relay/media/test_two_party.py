@@ -5,8 +5,8 @@ from __future__ import annotations
 from relay.sfu import Relay
 from synth.tracks import PatternVideoTrack, ToneAudioTrack
 from tests.helpers import Booking
-from tests.relay.conftest import ClientMaker
 from tests.relay.helpers import hears, sees
+from tests.relay.media.conftest import ClientMaker
 
 
 async def test_two_participants_exchange_audio_and_video(
