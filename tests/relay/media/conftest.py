@@ -23,7 +23,7 @@ ClientMaker = Callable[..., Awaitable[CallClient]]
 @pytest.fixture(scope="session", autouse=True)
 def media_netns() -> netns.Netns:
     """Every test in this folder (not the unit tier beside it) runs inside a namespace of its
-    own (see tests/netns.py)."""
+    own (see synth/netns.py)."""
     reason = netns.unavailable_reason()
     if reason is not None:
         pytest.skip(reason)

@@ -8,8 +8,6 @@ drop (this kernel has no netem). A second, healthy subscriber must not suffer fo
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import os
 import subprocess
 import threading
 import uuid
@@ -24,9 +22,9 @@ from relay.sfu import Relay
 from relay.stats import StreamStats
 from smiling_relay.app import RELAY_KEY
 from storage.base import Storage
+from synth import netns
 from synth.client import CallClient
 from synth.tracks import PatternVideoTrack
-from tests import netns
 from tests.helpers import BookingFactory
 from tests.relay.helpers import open_room, sees
 from tests.waiting import eventually
@@ -40,19 +38,20 @@ LOSS_PERCENT = 5
 @pytest.fixture
 def client_namespace() -> Iterator[str]:
     name = f"imp{uuid.uuid4().hex[:8]}"
-    netns.ip("netns", "add", name)
+    netns.add(name)
     try:
-        netns.ip("-n", name, "link", "set", "lo", "up")
-        netns.ip("link", "add", "r0", "type", "veth", "peer", "name", "c0", "netns", name)
-        netns.ip("addr", "add", f"{RELAY_SIDE}/24", "dev", "r0")
-        netns.ip("link", "set", "r0", "up")
-        netns.ip("-n", name, "addr", "add", f"{CLIENT_SIDE}/24", "dev", "c0")
-        netns.ip("-n", name, "link", "set", "c0", "up")
+        netns.veth(
+            "r0",
+            "c0",
+            peer_namespace=name,
+            address=f"{RELAY_SIDE}/24",
+            peer_address=f"{CLIENT_SIDE}/24",
+        )
         yield name
     finally:
         subprocess.run(["nft", "delete", "table", "inet", "impair"], capture_output=True)
         subprocess.run(["ip", "link", "del", "r0"], capture_output=True)
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        netns.delete(name)
 
 
 def impair_downlink() -> None:
@@ -92,13 +91,7 @@ class RemoteViewer:
     error: BaseException | None = None
 
     def run(self) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{self.namespace}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, netns.CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns failed")
-        finally:
-            os.close(fd)
+        netns.setns(f"/run/netns/{self.namespace}")
         try:
             asyncio.run(self._call())
         except BaseException as exc:  # reported to the test thread
