@@ -72,7 +72,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
 )
 PERMISSIONS_POLICY = (
     "camera=(self), microphone=(self), display-capture=(self), geolocation=(), payment=(), "
-    "usb=(), serial=(), bluetooth=(), interest-cohort=()"
+    "usb=(), serial=()"
 )
 HSTS = "max-age=31536000; includeSubDomains"
 SERVER_NAME = "smiling-relay"  # not aiohttp's "Python/3.x aiohttp/3.x"
