@@ -29,3 +29,5 @@ QUALITY_KEY: web.AppKey[QualityReader] = web.AppKey("api.quality")
 
 # Set on a request once its token has been verified (see `api.auth.authenticate`).
 IDENTITY_KEY: web.RequestKey[Identity] = web.RequestKey("api.identity")
+# The page's end-to-end encryption policy (E2EE: required | preferred | off), in /config.
+E2EE_POLICY_KEY: web.AppKey[str] = web.AppKey("api.e2ee_policy")

@@ -11,7 +11,13 @@ from aiohttp import web
 from api import admin, admin_metrics, health, routes
 from api.admin_metrics import QualityReader
 from api.errors import call_error_middleware, error_middleware
-from api.keys import API_RATE_LIMITER_KEY, QUALITY_KEY, SERVICE_KEY, STORAGE_KEY
+from api.keys import (
+    API_RATE_LIMITER_KEY,
+    E2EE_POLICY_KEY,
+    QUALITY_KEY,
+    SERVICE_KEY,
+    STORAGE_KEY,
+)
 from api.middleware import cors_middleware, security_headers
 from api.ratelimit import api_rate_limit_middleware
 from calls.ratelimit import RateLimiter
@@ -28,12 +34,14 @@ def setup_api(
     quality: QualityReader,
     cors_origins: tuple[str, ...] = (),
     hsts: bool = False,
+    e2ee: str = "preferred",
 ) -> None:
     """Register `/healthz`, `/api/video-calls/*`, `/api/admin/*` and the REST middlewares."""
     app[SERVICE_KEY] = service
     app[STORAGE_KEY] = storage
     app[API_RATE_LIMITER_KEY] = rate_limiter
     app[QUALITY_KEY] = quality
+    app[E2EE_POLICY_KEY] = e2ee
     # Outermost first; the call-error translation is innermost so the rate-limit headers and
     # the envelope treat the service's refusals like any other ApiError.
     if cors_origins:

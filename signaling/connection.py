@@ -225,6 +225,16 @@ class SignalingConnection:
         elif event == "media-state":
             audio, video, screen = protocol.media_state(data)
             self._require_room().set_media_state(participant, audio, video, screen)
+        elif event == "e2ee-key":
+            self._forward_e2ee_key(participant, protocol.e2ee_key(data))
+
+    def _forward_e2ee_key(self, participant: Participant, key: dict[str, Any]) -> None:
+        """Hand the browsers' key exchange to the room's other participants, stamped with its
+        sender (the server cannot read it: docs/e2ee.md)."""
+        sender = {"socketId": self.socket_id, "userId": participant.info.user_id}
+        for other in self._require_room().participants.values():
+            if other is not participant and isinstance(other.listener, SignalingConnection):
+                other.listener._send("e2ee-key", {**key, **sender})
 
     def _require_room(self) -> Room:
         if self.room is None:

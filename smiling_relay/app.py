@@ -102,6 +102,7 @@ def create_app(
         quality=metrics,
         cors_origins=config.cors_origins,
         hsts=config.is_production,
+        e2ee=config.e2ee,
     )
     setup_signaling(app, service=service, relay=lambda: app[RELAY_KEY], observer=metrics)
     setup_metrics(app, metrics)

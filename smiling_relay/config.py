@@ -18,6 +18,8 @@ from storage.crypto import EncryptionKeyError, parse_keys
 
 log = logging.getLogger(__name__)
 
+# End-to-end media encryption in the browsers (docs/e2ee.md): refuse, allow or skip the fallback.
+E2EE_POLICIES = ("required", "preferred", "off")
 PRODUCTION_NAMES = frozenset({"production", "prod"})
 MIN_SECRET_LENGTH = 32
 
@@ -68,6 +70,8 @@ class Config:
     # Field-level encryption at rest of the SQLite store's personal data (storage/crypto.py):
     # `id:base64key[,id:base64key…]`, the first entry current. Never printed.
     data_encryption_key: str | None = field(default=None, repr=False)
+    # E2EE=required|preferred|off, handed to the page in /api/video-calls/config.
+    e2ee: str = "preferred"
     # Injected so time-window rules are testable without sleeping; never compared or printed.
     clock: Callable[[], datetime] = field(default=utc_now, compare=False, repr=False)
 
@@ -151,6 +155,7 @@ class Config:
             metrics_sample_interval=env.get_float("METRICS_SAMPLE_INTERVAL", 1.0, minimum=0.1),
             metrics_auth_token=env.get_str("METRICS_AUTH_TOKEN"),
             data_encryption_key=data_key,
+            e2ee=_check_choice("E2EE", env.get_str("E2EE") or "preferred", E2EE_POLICIES),
         )
 
 
@@ -237,6 +242,12 @@ def _check_ice_url(name: str, value: str, schemes: tuple[str, ...]) -> str:
             f"{name} must be a {'/'.join(schemes)}: URL like stun:host:3478, got {value!r}"
         )
     return value
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value.lower() not in choices:
+        raise ConfigError(f"{name} must be one of {'|'.join(choices)}, got {value!r}")
+    return value.lower()
 
 
 def _check_ip(name: str, value: str) -> str:
