@@ -100,6 +100,7 @@ export class E2eeSession extends Emitter {
     this.keyId = Math.floor(Math.random() * 256);
     this.secret = null;
     this.code = null;
+    this._shownCode = null;
     this.codeChanges = 0;
     this.mode = capable ? "pending" : "relay";
     this.workerStats = null;
@@ -350,14 +351,14 @@ export class E2eeSession extends Emitter {
     if (this.capable && this.peers.size && [...this.peers.values()].every((p) => p.publicRaw)) {
       code = (await securityCode([this.publicRaw, ...[...this.peers.values()].map((p) => p.publicRaw)])).join(" ");
     }
-    if (code !== this.code) {
-      const before = this.code;
-      this.code = code;
-      if (before && code) {
-        this.codeChanges += 1;
-        this.emit("code-changed", { before, code });
-      }
+    // A code that differs from the last one shown (a moment without one, while a joiner's
+    // key is on its way, is no change).
+    this.code = code;
+    if (code && this._shownCode && code !== this._shownCode) {
+      this.codeChanges += 1;
+      this.emit("code-changed", { before: this._shownCode, code });
     }
+    if (code) this._shownCode = code;
     this.emit("change", this.state());
   }
 
