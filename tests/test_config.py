@@ -160,3 +160,10 @@ def test_data_encryption_key_is_validated_and_never_printed() -> None:
     assert key not in repr(config)
     with pytest.raises(ConfigError, match="DATA_ENCRYPTION_KEY: key 'k1' must be 32 bytes"):
         Config.from_env({"JWT_SECRET": "x" * 40, "DATA_ENCRYPTION_KEY": "k1:c2hvcnQ="})
+
+
+def test_e2ee_policy_defaults_to_preferred_and_refuses_other_values() -> None:
+    assert Config.from_env({}).e2ee == "preferred"
+    assert Config.from_env({"E2EE": "Required"}).e2ee == "required"
+    with pytest.raises(ConfigError, match=r"E2EE must be one of required\|preferred\|off"):
+        Config.from_env({"E2EE": "maybe"})

@@ -63,11 +63,17 @@ class VideoTap:
     _current: bytearray | None = None
     remb_bps: int | None = None
 
-    def forward(self, seq: int, timestamp: int, marker: int, payload: bytes, keyframe: bool) -> None:
+    def forward(
+        self, seq: int, timestamp: int, marker: int, payload: bytes, keyframe: bool
+    ) -> None:
         descriptor, data = VpxPayloadDescriptor.parse(payload)
         # From the first keyframe on (what the relay's keyframe detection found), so a decoder
         # could start there.
-        if descriptor.partition_start and descriptor.partition_id == 0 and (keyframe or self.frames):
+        if (
+            descriptor.partition_start
+            and descriptor.partition_id == 0
+            and (keyframe or self.frames)
+        ):
             self._current = bytearray()
             self.keyframes += int(keyframe)
         if self._current is not None:

@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from relay.participant import Participant
 from signaling.connection import SignalingConnection
-
 from tests.browser import e2ee_helpers as e2ee
 from tests.browser import pages
 from tests.browser.conftest import Browsers, Server, ServerFactory, launch_browsers
@@ -66,7 +65,9 @@ async def test_two_pages_decode_each_other_and_the_relay_cannot(
 
     # The relay's own view of the psychologist's camera: keyframes still recognised from the
     # clear prefix, but libvpx gets no picture that looks like the camera's.
-    producer = e2ee.video_producer(server, await _room_id(storage, booking), booking.psychologist.id)
+    producer = e2ee.video_producer(
+        server, await _room_id(storage, booking), booking.psychologist.id
+    )
     tap = await e2ee.tap_frames(producer, 60)
     assert tap.keyframes >= 1
     assert all(f[-1] == e2ee.MAGIC for f in tap.frames)
@@ -159,9 +160,7 @@ async def test_an_admin_joining_and_leaving_rekeys_and_keeps_no_key_to_what_foll
     two = await e2ee.wait_e2ee(psychologist, "s.mode === 'e2ee' && s.code")
     await e2ee.wait_e2ee(client, f"s.mode === 'e2ee' && s.code === {two['code']!r}")
 
-    admin = await _join(
-        browsers, server, booking, "admin", booking.admin_token, e2eeTestKeys="1"
-    )
+    admin = await _join(browsers, server, booking, "admin", booking.admin_token, e2eeTestKeys="1")
     three = await e2ee.wait_e2ee(
         admin, "s.mode === 'e2ee' && s.code && s.peers.length === 2 && s.peers.every(p => p.hasKey)"
     )
@@ -182,7 +181,9 @@ async def test_an_admin_joining_and_leaving_rekeys_and_keeps_no_key_to_what_foll
     await e2ee.wait_e2ee(client, f"s.code === {two['code']!r}")
     # The psychologist's frames from now on: not one opens with anything the admin held, all
     # open with the psychologist's new key.
-    producer = e2ee.video_producer(server, await _room_id(storage, booking), booking.psychologist.id)
+    producer = e2ee.video_producer(
+        server, await _room_id(storage, booking), booking.psychologist.id
+    )
     tap = await e2ee.tap_frames(producer, 60)
     later = [f for f in tap.frames if f[-2] == after["keyId"]]
     assert len(later) >= 30
@@ -215,7 +216,9 @@ async def test_a_late_joiner_decodes_video_within_a_second(
               let frames = 0;
               for (const pc of receiving()) {
                 (await pc.getStats()).forEach((s) => {
-                  if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded || 0;
+                  if (s.type === "inbound-rtp" && s.kind === "video") {
+                    frames += s.framesDecoded || 0;
+                  }
                 });
               }
               return frames;
@@ -261,7 +264,9 @@ async def test_preferred_falls_back_for_a_browser_that_cannot_encrypt(
         assert await page.locator("#encryption-label").inner_text() == "Encrypted to the server"
         assert await page.locator("#security-code").count() == 0
     assert "This browser can't" in await client.locator("#encryption-note").inner_text()
-    assert "Someone in the call can't" in await psychologist.locator("#encryption-note").inner_text()
+    assert (
+        "Someone in the call can't" in await psychologist.locator("#encryption-note").inner_text()
+    )
 
 
 async def test_required_refuses_a_browser_that_cannot_encrypt(
