@@ -12,7 +12,13 @@ from api import admin, admin_metrics, health, routes
 from api.admin_metrics import QualityReader
 from api.errors import call_error_middleware, error_middleware
 from api.keys import API_RATE_LIMITER_KEY, QUALITY_KEY, SERVICE_KEY, STORAGE_KEY
-from api.middleware import cors_middleware, security_headers
+from api.middleware import (
+    BODY_READ_TIMEOUT,
+    body_timeout_middleware,
+    cors_middleware,
+    request_id_middleware,
+    security_headers,
+)
 from api.ratelimit import api_rate_limit_middleware
 from calls.ratelimit import RateLimiter
 from calls.service import CallService
@@ -28,19 +34,23 @@ def setup_api(
     quality: QualityReader,
     cors_origins: tuple[str, ...] = (),
     hsts: bool = False,
+    body_timeout: float = BODY_READ_TIMEOUT,
 ) -> None:
     """Register `/healthz`, `/api/video-calls/*`, `/api/admin/*` and the REST middlewares."""
     app[SERVICE_KEY] = service
     app[STORAGE_KEY] = storage
     app[API_RATE_LIMITER_KEY] = rate_limiter
     app[QUALITY_KEY] = quality
-    # Outermost first; the call-error translation is innermost so the rate-limit headers and
-    # the envelope treat the service's refusals like any other ApiError.
+    # Outermost first: the request id before anything logs; the body is read (within its
+    # timeout) inside the envelope; the call-error translation is innermost so the rate-limit
+    # headers and the envelope treat the service's refusals like any other ApiError.
+    app.middlewares.append(request_id_middleware)
     if cors_origins:
         app.middlewares.append(cors_middleware(cors_origins))
     app.middlewares.extend(
         [
             error_middleware,
+            body_timeout_middleware(body_timeout),
             api_rate_limit_middleware,
             call_error_middleware,
         ]
