@@ -62,7 +62,7 @@ _KIND_STATUS = {
 # what the access log and the metrics record, so a client's abort never counts as a 500).
 CLIENT_CLOSED_REQUEST = 499
 # Headers of aiohttp's own HTTP exceptions worth keeping (e.g. `Allow` on a 405).
-_KEPT_HEADERS = ("Allow", "Retry-After")
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 class ApiError(Exception):
