@@ -109,6 +109,8 @@ class EnvelopeAppRunner(web.AppRunner):
 def route_of(request: web.BaseRequest) -> str:
     """The matched route's canonical path (`/api/video-calls/end/{sessionId}`), never the raw
     path, so an access line names no ids; `unmatched` otherwise."""
+    # `Request.match_info` asserts it was resolved; requests aiohttp refused before routing
+    # (and low-level `BaseRequest`s) have none, hence the attribute itself.
     match_info = getattr(request, "_match_info", None)
     if match_info is None:
         return UNMATCHED_ROUTE

@@ -17,6 +17,7 @@ from typing import Any
 
 from calls.log_context import FIELDS
 
+_OURS = "_smiling_relay_handler"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(context)s"
 # LogRecord's own attributes: everything else on a record came from `extra=` and is logged.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "context"}
@@ -66,9 +67,12 @@ def make_handler(log_format: str, stream: Any = None) -> logging.Handler:
 
 
 def configure_logging(level: int, log_format: str = "text") -> None:
-    """Replace the root logger's handlers with one of `log_format` ("json" or "text")."""
+    """Install the root logger's handler of `log_format` ("json" or "text"), replacing the one
+    an earlier call installed (handlers others added, e.g. a test runner's, are left alone)."""
     root = logging.getLogger()
-    for old in list(root.handlers):
+    for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
         root.removeHandler(old)
-    root.addHandler(make_handler(log_format))
+    handler = make_handler(log_format)
+    setattr(handler, _OURS, True)
+    root.addHandler(handler)
     root.setLevel(level)
