@@ -18,7 +18,13 @@ from api.keys import (
     SERVICE_KEY,
     STORAGE_KEY,
 )
-from api.middleware import cors_middleware, security_headers
+from api.middleware import (
+    BODY_READ_TIMEOUT,
+    body_timeout_middleware,
+    cors_middleware,
+    request_id_middleware,
+    security_headers,
+)
 from api.ratelimit import api_rate_limit_middleware
 from calls.ratelimit import RateLimiter
 from calls.service import CallService
@@ -35,6 +41,7 @@ def setup_api(
     cors_origins: tuple[str, ...] = (),
     hsts: bool = False,
     e2ee: str = "preferred",
+    body_timeout: float = BODY_READ_TIMEOUT,
 ) -> None:
     """Register `/healthz`, `/api/video-calls/*`, `/api/admin/*` and the REST middlewares."""
     app[SERVICE_KEY] = service
@@ -42,13 +49,16 @@ def setup_api(
     app[API_RATE_LIMITER_KEY] = rate_limiter
     app[QUALITY_KEY] = quality
     app[E2EE_POLICY_KEY] = e2ee
-    # Outermost first; the call-error translation is innermost so the rate-limit headers and
-    # the envelope treat the service's refusals like any other ApiError.
+    # Outermost first: the request id before anything logs; the body is read (within its
+    # timeout) inside the envelope; the call-error translation is innermost so the rate-limit
+    # headers and the envelope treat the service's refusals like any other ApiError.
+    app.middlewares.append(request_id_middleware)
     if cors_origins:
         app.middlewares.append(cors_middleware(cors_origins))
     app.middlewares.extend(
         [
             error_middleware,
+            body_timeout_middleware(body_timeout),
             api_rate_limit_middleware,
             call_error_middleware,
         ]

@@ -342,7 +342,11 @@ class Participant:
         try:
             await pc.setLocalDescription(await pc.createOffer())
         except Exception as exc:
-            logger.exception("creating the subscriber offer for %s failed", self.socket_id)
+            logger.exception(
+                "creating the subscriber offer for %s failed",
+                self.socket_id,
+                extra={"connection_id": self.socket_id},
+            )
             self._awaiting_answer = False
             self.listener.negotiation_failed(f"the relay could not offer the others' media: {exc}")
             return
@@ -520,6 +524,7 @@ class Participant:
                 self.socket_id,
                 stats.media_path_errors,
                 LOGGED_MEDIA_PATH_ERRORS,
+                extra={"connection_id": self.socket_id},
             )
 
     def _silent_since(self, now: float) -> float:

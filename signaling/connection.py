@@ -15,6 +15,7 @@ from aiohttp import WSMsgType, web
 from calls.audit import Origin
 from calls.errors import CallError, ErrorKind
 from calls.identity import Identity
+from calls.log_context import CALL_ID, CONNECTION_ID
 from calls.service import JOIN_ENDPOINT, CallService, RoomIsFull, Seat
 from relay.negotiation import NegotiationError
 from relay.participant import Participant, ParticipantInfo, TrackInfo
@@ -88,6 +89,7 @@ class SignalingConnection:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def run(self, token: str | None) -> None:
+        CONNECTION_ID.set(self.socket_id)  # this handler's task: every line of it carries it
         self._writer = asyncio.create_task(self._write_loop())
         try:
             if token is not None:
@@ -271,6 +273,7 @@ class SignalingConnection:
                 raise RoomIsFull(str(exc), exc.limit) from None
             # Before the service audits the join: the relay may already talk to us meanwhile.
             self.room, self.participant = room, participant
+            CALL_ID.set(room_id)
             return room, participant
 
         joined = await self.service.join_room(identity, room_id, origin, take_seat)
@@ -305,6 +308,7 @@ class SignalingConnection:
     async def _leave(self, reason: LeaveReason) -> None:
         room, participant = self.room, self.participant
         self.room = self.participant = None
+        CALL_ID.set(None)
         if room is not None and participant is not None:
             await room.leave(participant, reason)
 

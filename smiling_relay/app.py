@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 # `web/` sits next to the packages, in a checkout and in an installed copy alike.
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 RETENTION_INTERVAL = 3600.0  # seconds between retention passes
+STALE_CALL_INTERVAL = 60.0  # seconds between checks for calls to end (CALL_IDLE_END_MINUTES)
 MAX_BODY_BYTES = 256 * 1024
 
 # The running relay (set by its cleanup context; the faces get it through `create_app`).
@@ -103,6 +105,7 @@ def create_app(
         cors_origins=config.cors_origins,
         hsts=config.is_production,
         e2ee=config.e2ee,
+        body_timeout=config.http_body_timeout,
     )
     setup_signaling(app, service=service, relay=lambda: app[RELAY_KEY], observer=metrics)
     setup_metrics(app, metrics)
@@ -113,6 +116,10 @@ def create_app(
     app.cleanup_ctx.append(_storage_lifetime(store, owned=storage is None))
     app.cleanup_ctx.append(_relay_lifetime(relay_settings(config)))
     app.cleanup_ctx.append(metrics.context)
+    idle = config.call_idle_end_minutes
+    app.cleanup_ctx.append(
+        _stale_calls_lifetime(service, timedelta(minutes=idle) if idle > 0 else None)
+    )
     return app
 
 
@@ -154,6 +161,35 @@ def _relay_lifetime(settings: RelaySettings) -> Callable[[web.Application], Asyn
         await relay.close()
 
     return lifetime
+
+
+def _stale_calls_lifetime(
+    service: CallService, idle_after: timedelta | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Nothing else ends a call whose participants just closed their tabs: every minute, the
+    service ends calls whose relay room stayed empty `idle_after`, or past their window."""
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        relay = app[RELAY_KEY]
+        task = asyncio.create_task(_end_stale_calls(service, relay, idle_after), name="stale-calls")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return lifetime
+
+
+async def _end_stale_calls(
+    service: CallService, relay: Relay, idle_after: timedelta | None
+) -> None:
+    while True:
+        await asyncio.sleep(STALE_CALL_INTERVAL)
+        occupied = {room_id for room_id, room in relay.rooms.items() if room.participants}
+        try:
+            await service.end_stale_calls(occupied, idle_after=idle_after)
+        except Exception:
+            log.exception("the stale-call check failed; it runs again in a minute")
 
 
 def _setup_web_client(app: web.Application, web_dir: Path) -> None:

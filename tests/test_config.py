@@ -72,6 +72,7 @@ def test_everything_parsed() -> None:
             "RELAY_UDP_PORTS": "40000-40999",
             "RATE_LIMIT_API_PER_MIN": "100",
             "RATE_LIMIT_WS_PER_MIN": "0",
+            "METRICS_AUTH_TOKEN": "metrics-token",
         }
     )
     assert config.is_production
