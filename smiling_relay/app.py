@@ -103,6 +103,7 @@ def create_app(
         cors_origins=config.cors_origins,
         hsts=config.is_production,
         e2ee=config.e2ee,
+        rating_observer=metrics,
     )
     setup_signaling(app, service=service, relay=lambda: app[RELAY_KEY], observer=metrics)
     setup_metrics(app, metrics)
