@@ -50,7 +50,10 @@ export class App {
       onRetry: () => this.retry(),
       onSignIn: () => this.showSignIn({ reason: null, forget: true }),
     });
-    this.waitingRoom = new WaitingRoom(this.views.waiting, { onCheckNow: () => this.session?.recheck() });
+    this.waitingRoom = new WaitingRoom(this.views.waiting, {
+      onCheckNow: () => this.session?.recheck(),
+      getIceServers: async () => (await this.session.api.config())?.iceServers ?? [],
+    });
     this.summary = new CallSummary(this.views.summary, {
       onRate: (rating, reasons) => this.session.api.rate(this.session.sessionId, rating, reasons),
     });
