@@ -101,8 +101,10 @@ def derived_values(doc: Mapping[str, Any]) -> dict[str, Any]:
     calls = doc.get("totalCalls") or 0
     connections = doc.get("successfulConnections") or 0
     ratings = doc.get("ratingCount") or 0
+    # Only periods with ratings carry their mean (documents without ratings stay as they were).
+    rating = {"averageRating": round(doc.get("ratingSum", 0) / ratings, 3)} if ratings else {}
     return {
-        "averageRating": round(doc.get("ratingSum", 0) / ratings, 3) if ratings else None,
+        **rating,
         "averageDuration": round(doc.get("totalDuration", 0.0) / calls, 3) if calls else 0.0,
         "averageConnectionTime": (
             round(doc.get("totalConnectionTime", 0.0) / connections, 3) if connections else 0.0
