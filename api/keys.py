@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from api.admin_metrics import QualityReader
     from calls.identity import Identity
     from calls.ratelimit import RateLimiter
+    from calls.ratings import CallRatings
     from calls.service import CallService
     from storage.base import Storage
 
@@ -26,6 +27,9 @@ STORAGE_KEY: web.AppKey[Storage] = web.AppKey("api.storage")
 API_RATE_LIMITER_KEY: web.AppKey[RateLimiter] = web.AppKey("api.rate_limiter")
 # The stored quality data behind /api/admin/metrics/* (implemented by metrics.setup.Metrics).
 QUALITY_KEY: web.AppKey[QualityReader] = web.AppKey("api.quality")
+
+# Participants' call-quality ratings (POST /api/video-calls/rating/{sessionId}).
+RATINGS_KEY: web.AppKey[CallRatings] = web.AppKey("api.ratings")
 
 # Set on a request once its token has been verified (see `api.auth.authenticate`).
 IDENTITY_KEY: web.RequestKey[Identity] = web.RequestKey("api.identity")

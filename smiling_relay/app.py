@@ -106,6 +106,7 @@ def create_app(
         hsts=config.is_production,
         e2ee=config.e2ee,
         body_timeout=config.http_body_timeout,
+        rating_observer=metrics,
     )
     setup_signaling(app, service=service, relay=lambda: app[RELAY_KEY], observer=metrics)
     setup_metrics(app, metrics)

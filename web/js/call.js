@@ -537,6 +537,8 @@ export class CallSession extends Emitter {
       status: result?.session?.status ?? null,
       endedAt,
       error,
+      // Only a call that took place can be rated (the server refuses the others).
+      rateable: wasInCall && startedAt != null,
     };
     this._setPhase("ended");
     this._announce("The call has ended.");

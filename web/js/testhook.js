@@ -13,6 +13,11 @@ export function installTestHook(app) {
     get view() {
       return document.body.dataset.view ?? null;
     },
+    /** The waiting room's pre-call check: {camera, microphone, level, maxLevel, levelChanges, verdict, network}. */
+    get precheck() {
+      const check = app.waitingRoom?.precheck;
+      return check ? JSON.parse(JSON.stringify(check.state)) : null;
+    },
     get sessionId() {
       return app.session?.sessionId ?? null;
     },

@@ -50,8 +50,13 @@ export class App {
       onRetry: () => this.retry(),
       onSignIn: () => this.showSignIn({ reason: null, forget: true }),
     });
-    this.waitingRoom = new WaitingRoom(this.views.waiting, { onCheckNow: () => this.session?.recheck() });
-    this.summary = new CallSummary(this.views.summary);
+    this.waitingRoom = new WaitingRoom(this.views.waiting, {
+      onCheckNow: () => this.session?.recheck(),
+      getIceServers: async () => (await this.session.api.config())?.iceServers ?? [],
+    });
+    this.summary = new CallSummary(this.views.summary, {
+      onRate: (rating, reasons) => this.session.api.rate(this.session.sessionId, rating, reasons),
+    });
     this.signIn = new SignIn(this.views.signin, { onSubmit: (v) => this.onSignedIn(v) });
     this.controls = new CallControls(this.controlsRoot, {
       onToggleAudio: () => this.session?.toggleAudio(),
