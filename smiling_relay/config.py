@@ -68,6 +68,12 @@ class Config:
     # Field-level encryption at rest of the SQLite store's personal data (storage/crypto.py):
     # `id:base64key[,id:base64key…]`, the first entry current. Never printed.
     data_encryption_key: str | None = field(default=None, repr=False)
+    # Hardening of the WebSocket and media side (signaling/limits.py, relay/candidates.py).
+    relay_allowed_peer_ranges: tuple[str, ...] = ()  # CIDRs the relay may send ICE checks to
+    ws_max_pending_per_ip: int = 10
+    ws_max_connections_per_user: int = 3
+    ws_messages_per_second: float = 20.0
+    ws_message_burst: int = 40
     # Injected so time-window rules are testable without sleeping; never compared or printed.
     clock: Callable[[], datetime] = field(default=utc_now, compare=False, repr=False)
 
@@ -151,6 +157,14 @@ class Config:
             metrics_sample_interval=env.get_float("METRICS_SAMPLE_INTERVAL", 1.0, minimum=0.1),
             metrics_auth_token=env.get_str("METRICS_AUTH_TOKEN"),
             data_encryption_key=data_key,
+            relay_allowed_peer_ranges=tuple(
+                _check_cidr("RELAY_ALLOWED_PEER_RANGES", r)
+                for r in env.get_list("RELAY_ALLOWED_PEER_RANGES")
+            ),
+            ws_max_pending_per_ip=env.get_int("WS_MAX_PENDING_PER_IP", 10, minimum=1),
+            ws_max_connections_per_user=env.get_int("WS_MAX_CONNECTIONS_PER_USER", 3, minimum=1),
+            ws_messages_per_second=env.get_float("WS_MESSAGES_PER_SECOND", 20.0, minimum=1.0),
+            ws_message_burst=env.get_int("WS_MESSAGE_BURST", 40, minimum=1),
         )
 
 
@@ -236,6 +250,16 @@ def _check_ice_url(name: str, value: str, schemes: tuple[str, ...]) -> str:
         raise ConfigError(
             f"{name} must be a {'/'.join(schemes)}: URL like stun:host:3478, got {value!r}"
         )
+    return value
+
+
+def _check_cidr(name: str, value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must contain CIDR ranges like 10.0.0.0/8, got {value!r}"
+        ) from None
     return value
 
 
