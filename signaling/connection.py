@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
@@ -17,12 +18,14 @@ from calls.errors import CallError, ErrorKind
 from calls.identity import Identity
 from calls.log_context import CALL_ID, CONNECTION_ID
 from calls.service import JOIN_ENDPOINT, CallService, RoomIsFull, Seat
+from relay.candidates import CandidateError
 from relay.negotiation import NegotiationError
 from relay.participant import Participant, ParticipantInfo, TrackInfo
 from relay.reasons import LeaveReason
 from relay.room import Room, RoomClosed, RoomFull
 from relay.sfu import Relay
 from signaling import protocol
+from signaling.limits import Occupancy, Place, SignalingLimits, TokenBucket
 from signaling.protocol import Message, ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -72,7 +75,12 @@ class SignalingConnection:
         relay: Relay,
         service: CallService,
         observer: SignalingObserver = NO_OBSERVER,
+        *,
+        limits: SignalingLimits | None = None,
+        sessions: Occupancy | None = None,
+        on_authenticated: Callable[[], None] = lambda: None,
     ) -> None:
+        limits = limits or SignalingLimits()
         self.request = request
         self.ws = ws
         self.relay = relay
@@ -85,6 +93,10 @@ class SignalingConnection:
         self._errors = 0
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._messages = TokenBucket(limits.messages_per_second, limits.message_burst)
+        self._sessions = sessions or Occupancy(limits.max_sessions_per_user)
+        self._session: Place | None = None
+        self._on_authenticated = on_authenticated
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -102,6 +114,8 @@ class SignalingConnection:
             # The writer is told to stop first: aiohttp may cancel this handler when the client
             # vanishes, and nothing after the cancellation point would run.
             self._outbox.put_nowait(None)
+            if self._session is not None:
+                self._session.release()  # before leaving: closing the media may take a while
             # shielded: leaving the room must complete even if this handler is cancelled
             await asyncio.shield(self._leave(LeaveReason.DISCONNECTED))
             with contextlib.suppress(Exception):
@@ -135,7 +149,18 @@ class SignalingConnection:
             self._send_error(code, exc.message, exc.details)
             await self._close(close)
             return False
+        self._session = self._sessions.take(identity.user_id)
+        if self._session is None:
+            limit = self._sessions.limit
+            self._send_error(
+                "TOO_MANY_CONNECTIONS",
+                f"this user already has {limit} open connections; close one first",
+                {"limit": limit},
+            )
+            await self._close(CLOSE_RATE_LIMITED)
+            return False
         self.identity = identity
+        self._on_authenticated()
         self._send(
             "authenticated",
             {
@@ -149,7 +174,15 @@ class SignalingConnection:
 
     async def _read_loop(self) -> None:
         async for raw in self.ws:
-            if raw.type == WSMsgType.TEXT:
+            if raw.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not self._messages.take():
+                await self._refuse(
+                    ProtocolError(
+                        "RATE_LIMITED",
+                        "too many messages; slow down",
+                        {"retryAfter": round(self._messages.retry_after(), 3)},
+                    )
+                )
+            elif raw.type == WSMsgType.TEXT:
                 await self._handle_text(raw.data)
             elif raw.type == WSMsgType.BINARY:
                 await self._refuse(ProtocolError("INVALID_MESSAGE", "binary frames are not used"))
@@ -159,16 +192,28 @@ class SignalingConnection:
                 break
 
     async def _handle_text(self, text: str) -> None:
+        event: str | None = None
         try:
             message = protocol.parse_message(text)
-            self.observer.ws_message(message.event, "in")
+            event = message.event
+            self.observer.ws_message(event, "in")
             await self._dispatch(message)
         except ProtocolError as exc:
             await self._refuse(exc)
         except CallError as exc:
             await self._refuse(ProtocolError(exc.code, exc.message, exc.details))
+        except CandidateError as exc:
+            await self._refuse(
+                ProtocolError(
+                    "VALIDATION_ERROR",
+                    f"ice-candidate: {exc.reason}",
+                    {"event": event, "field": "candidate.candidate", "reason": exc.reason},
+                )
+            )
         except NegotiationError as exc:
-            await self._refuse(ProtocolError("NEGOTIATION_FAILED", str(exc)))
+            await self._refuse(
+                ProtocolError("NEGOTIATION_FAILED", str(exc), {"event": event, "reason": str(exc)})
+            )
         except Exception:
             logger.exception("signaling message failed on %s", self.socket_id)
             await self._refuse(ProtocolError("INTERNAL_ERROR", "the server could not handle that"))
@@ -226,7 +271,10 @@ class SignalingConnection:
             await participant.add_ice_candidate(target, protocol.ice_candidate(data))
         elif event == "media-state":
             audio, video, screen = protocol.media_state(data)
-            self._require_room().set_media_state(participant, audio, video, screen)
+            media = participant.media
+            if (audio, video, screen) != (media.audio, media.video, media.screen):
+                # only changes are relayed: repeating a state costs the others nothing
+                self._require_room().set_media_state(participant, audio, video, screen)
         elif event == "e2ee-key":
             self._forward_e2ee_key(participant, protocol.e2ee_key(data))
 

@@ -24,8 +24,11 @@ from calls.ice_servers import IceSettings
 from calls.ratelimit import RateLimiter
 from calls.service import CallService
 from metrics.setup import Metrics, setup_metrics
+from relay.candidates import PeerPolicy, parse_ranges
 from relay.settings import RelaySettings
 from relay.sfu import Relay
+from signaling.limits import SignalingLimits
+from signaling.origins import OriginPolicy
 from signaling.protocol import CLIENT_EVENTS, SERVER_EVENTS
 from signaling.setup import setup_signaling
 from smiling_relay.config import Config
@@ -50,6 +53,16 @@ def relay_settings(config: Config) -> RelaySettings:
         announced_ip=config.relay_announced_ip,
         bind_ips=config.relay_bind_ips,
         udp_ports=config.relay_udp_ports,
+        peer_policy=PeerPolicy(parse_ranges(config.relay_allowed_peer_ranges)),
+    )
+
+
+def signaling_limits(config: Config) -> SignalingLimits:
+    return SignalingLimits(
+        max_pending_per_ip=config.ws_max_pending_per_ip,
+        max_sessions_per_user=config.ws_max_connections_per_user,
+        messages_per_second=config.ws_messages_per_second,
+        message_burst=config.ws_message_burst,
     )
 
 
@@ -108,7 +121,14 @@ def create_app(
         body_timeout=config.http_body_timeout,
         rating_observer=metrics,
     )
-    setup_signaling(app, service=service, relay=lambda: app[RELAY_KEY], observer=metrics)
+    setup_signaling(
+        app,
+        service=service,
+        relay=lambda: app[RELAY_KEY],
+        observer=metrics,
+        limits=signaling_limits(config),
+        origins=OriginPolicy.of(config.cors_origins, config.public_url),
+    )
     setup_metrics(app, metrics)
     _setup_web_client(app, web_dir or WEB_DIR)
 

@@ -85,6 +85,12 @@ class Config:
     http_body_timeout: float = 10.0
     # A started call whose room stayed empty this long is ended by the server (0 disables).
     call_idle_end_minutes: float = 15.0
+    # Hardening of the WebSocket and media side (signaling/limits.py, relay/candidates.py).
+    relay_allowed_peer_ranges: tuple[str, ...] = ()  # CIDRs the relay may send ICE checks to
+    ws_max_pending_per_ip: int = 10
+    ws_max_connections_per_user: int = 3
+    ws_messages_per_second: float = 20.0
+    ws_message_burst: int = 40
     # Injected so time-window rules are testable without sleeping; never compared or printed.
     clock: Callable[[], datetime] = field(default=utc_now, compare=False, repr=False)
 
@@ -194,6 +200,14 @@ class Config:
             log_format=log_format,
             http_body_timeout=env.get_float("HTTP_BODY_TIMEOUT", 10.0, minimum=0.1),
             call_idle_end_minutes=env.get_float("CALL_IDLE_END_MINUTES", 15.0, minimum=0.0),
+            relay_allowed_peer_ranges=tuple(
+                _check_cidr("RELAY_ALLOWED_PEER_RANGES", r)
+                for r in env.get_list("RELAY_ALLOWED_PEER_RANGES")
+            ),
+            ws_max_pending_per_ip=env.get_int("WS_MAX_PENDING_PER_IP", 10, minimum=1),
+            ws_max_connections_per_user=env.get_int("WS_MAX_CONNECTIONS_PER_USER", 3, minimum=1),
+            ws_messages_per_second=env.get_float("WS_MESSAGES_PER_SECOND", 20.0, minimum=1.0),
+            ws_message_burst=env.get_int("WS_MESSAGE_BURST", 40, minimum=1),
         )
 
 
@@ -299,6 +313,16 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
     if value.lower() not in choices:
         raise ConfigError(f"{name} must be one of {'|'.join(choices)}, got {value!r}")
     return value.lower()
+
+
+def _check_cidr(name: str, value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must contain CIDR ranges like 10.0.0.0/8, got {value!r}"
+        ) from None
+    return value
 
 
 def _check_ip(name: str, value: str) -> str:
