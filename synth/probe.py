@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
@@ -397,6 +397,11 @@ class AudioProbe(_ProbeBase):
     def heard_source_slot(self) -> int | None:
         """``source_id % 40`` of the loudest source tone (useful with ``source_id=None``)."""
         return self.detector.heard_source_slot
+
+    @property
+    def heard_slots(self) -> Counter[int]:
+        """100 ms windows in which each source slot (``source_id % 40``) was the tone heard."""
+        return self.detector.heard_slots
 
     def latency_stats(self) -> dict[str, float | None]:
         values = self.mark_latencies_ms

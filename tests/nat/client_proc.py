@@ -93,11 +93,14 @@ async def call(args: argparse.Namespace) -> None:
         result: dict[str, Any] = {"peer": other}
         if args.expect_source is not None:
             await sees(client, peer, args.expect_source, frames=15)
-            result["marks_ms"] = await hears(client, peer, marks=3)
+            result["marks_ms"] = await hears(client, peer, args.expect_source, marks=3)
             video = client.video_from(other)
             assert video is not None and video.last_info is not None
             result["source_id"] = video.last_info.source_id
             result["frames_intact"] = video.frames_intact
+            audio = client.audio_from(other)
+            assert audio is not None
+            result["heard_slots"] = sorted(audio.heard_slots)
         else:
             await client.wait_until(lambda: client.video_from(other) is not None, "video", 20)
             await client.wait_until(lambda: client.audio_from(other) is not None, "audio", 20)

@@ -121,6 +121,8 @@ async def test_symmetric_nats_defeat_peer_to_peer_but_the_relay_connects_both(
     # Through the relay: each decoded the other's pattern and heard its marks.
     assert seen_by_a["source_id"] == 22 and seen_by_b["source_id"] == 11
     assert len(seen_by_a["marks_ms"]) >= 3 and len(seen_by_b["marks_ms"]) >= 3
+    # and heard the other's tone, nobody else's (source slot = source id % 40)
+    assert seen_by_a["heard_slots"] == [22] and seen_by_b["heard_slots"] == [11]
     for seen, site, user in (
         (seen_by_a, a, booking.client.id),
         (seen_by_b, b, booking.psychologist.id),
