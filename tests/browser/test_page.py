@@ -70,8 +70,12 @@ async def test_controls_are_labelled_and_keyboard_operable(
     # The end-call confirmation is a modal dialog that Escape cancels.
     await page.focus("#btn-end")
     await page.keyboard.press("Enter")
+    assert await page.evaluate("document.getElementById('end-dialog').open") is True
     assert await page.evaluate("document.activeElement.id") == "confirm-end"
     await page.keyboard.press("Escape")
+    # the dialog closed without ending anything: the call is still on
+    await page.wait_for_function("!document.getElementById('end-dialog').open")
+    assert not await page.locator("#confirm-end").is_visible()
     assert await pages.phase(page) == "connected"
     # A live region exists for announcements; the status pill reads "Connected".
     assert await page.get_attribute("#live", "aria-live") == "polite"

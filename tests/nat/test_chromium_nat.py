@@ -86,8 +86,7 @@ async def _direct_attempt(
         await asyncio.sleep(max(0.0, answered + P2P_WINDOW - loop.time()))
         await offerer.send(report=True)
         offerer_result = await offerer.next_event("result", STEP)
-        window = loop.time() - answered
-        return {"offer": offerer_result, "answer": answerer_result, "window": window}
+        return {"offer": offerer_result, "answer": answerer_result}
     finally:
         await asyncio.gather(offerer.stop(), answerer.stop())
 
@@ -155,7 +154,8 @@ async def test_chromium_behind_symmetric_nat_reaches_aiortc_only_through_the_rel
             await asyncio.gather(browser.stop(), peer.stop())
 
     # Direct: both ends had a server-reflexive (public) candidate, and no pair ever worked
-    # during the whole window (which outlasted the relayed call's setup).
+    # during the whole window (the report is taken once the relayed call was verified and the
+    # window is over: the attempt's own wait, so it is not asserted again).
     offer, answer = attempt["offer"], attempt["answer"]
     assert any(c.startswith(f"{a.router_wan_ip}:") for c in _srflx(offer["local_candidates"])), (
         offer
@@ -169,7 +169,6 @@ async def test_chromium_behind_symmetric_nat_reaches_aiortc_only_through_the_rel
     # Chromium tried pairs (sampled during the attempt: it drops them once ICE failed); none
     # succeeded
     assert offer["most_pairs"] > 0 and "succeeded" not in offer["pair_states"], offer
-    assert attempt["window"] >= P2P_WINDOW, attempt
     assert answer["state"] in ("failed", f"still checking after {P2P_WINDOW} s"), answer
 
     # Through the relay: Chromium decodes the aiortc participant's video and receives its
