@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -350,3 +351,31 @@ async def test_a_successful_join_is_audited(
         "allowed",
     ), entry
     assert entry.room_id == room_id and entry.metadata["endpoint"] == "WS join-room", entry
+
+
+async def test_an_internal_error_is_logged_with_its_traceback_and_the_socket_kept(
+    socket_for: Any,
+    booking_factory: BookingFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug while handling a message: the client gets INTERNAL_ERROR (no details), the log gets
+    the traceback, the connection stays usable."""
+    from signaling.connection import SignalingConnection
+
+    async def broken(self: SignalingConnection, event: str, data: dict[str, Any]) -> None:
+        raise RuntimeError("bug deep in the relay")
+
+    monkeypatch.setattr(SignalingConnection, "_dispatch_media", broken)
+    booking = await booking_factory()
+    ws = await socket_for(booking.client_token)
+    with caplog.at_level(logging.ERROR, logger="signaling.connection"):
+        await ws.send_json({"event": "media-state", "data": {"audio": False}})
+        refusal = await receive(ws)
+    assert refusal["data"]["code"] == "INTERNAL_ERROR"
+    assert "bug deep" not in json.dumps(refusal)
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+    assert "Traceback" in caplog.text and "bug deep in the relay" in caplog.text
+    await ws.send_json({"event": "ping"})
+    assert (await receive(ws))["event"] == "pong"
