@@ -115,8 +115,6 @@ async def test_symmetric_nats_defeat_peer_to_peer_but_the_relay_connects_both(
         types = _candidate_types(result["local_candidates"])
         assert any(c.startswith(f"{site.router_wan_ip}:") for c in types.get("srflx", [])), types
         assert result["state"] in ("failed", f"still checking after {P2P_WINDOW} s"), result
-    relayed_within = max(seen_by_a["seconds"], seen_by_b["seconds"])
-    assert relayed_within < P2P_WINDOW, (seen_by_a, seen_by_b)
 
     # Through the relay: each decoded the other's pattern and heard its marks.
     assert seen_by_a["source_id"] == 22 and seen_by_b["source_id"] == 11

@@ -54,13 +54,11 @@ async def test_late_joiner_gets_a_keyframe_at_once(
     requests_before = video.stats.keyframe_requests
 
     late = await make_client(booking.psychologist_token)
-    started = time.monotonic()
     await late.join(room_id)
+    # Without the relay's keyframe request the late joiner would wait for the encoder's next
+    # periodic keyframe (minutes with aiortc's VP8 encoder), far beyond `sees`' bounded wait;
+    # how fast it is is the benchmark's figure, not asserted here.
     await sees(late, early, source_id=1, frames=1)
-    # Generous bound: without the relay's keyframe request the late joiner would wait for the
-    # encoder's next periodic keyframe (minutes with aiortc's VP8 encoder). The figure itself is
-    # measured by the benchmark, not asserted here.
-    assert time.monotonic() - started < 5
     assert video.stats.keyframe_requests > requests_before
 
 
