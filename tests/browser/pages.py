@@ -194,3 +194,51 @@ async def audio_energy_over(page: Page, packets: int) -> float:
     before = float((await inbound(page))["audio"].get("totalAudioEnergy", 0.0))
     await audio_packets_pass(page, packets)
     return float((await inbound(page))["audio"].get("totalAudioEnergy", 0.0)) - before
+
+
+# The first remote <video>'s picture at its full size, as luma (BT.601) bytes in base64: the
+# synthetic pattern (synth/pattern.py) is then read in Python exactly as an aiortc probe reads it.
+_LUMA_JS = """() => {
+    const v = document.querySelector('.tile-remote video');
+    if (!v || !v.videoWidth) return null;
+    const c = document.createElement('canvas');
+    c.width = v.videoWidth; c.height = v.videoHeight;
+    const g = c.getContext('2d', { willReadFrequently: true });
+    g.drawImage(v, 0, 0);
+    const d = g.getImageData(0, 0, c.width, c.height).data;
+    const y = new Uint8Array(c.width * c.height);
+    for (let i = 0, j = 0; j < y.length; i += 4, j += 1) {
+      y[j] = Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
+    }
+    let text = '';
+    for (let k = 0; k < y.length; k += 0x8000) text += String.fromCharCode(...y.subarray(k, k + 0x8000));
+    return [c.width, c.height, btoa(text)];
+}"""
+
+
+async def remote_pattern(page: Page) -> Any:
+    """The synth pattern (`synth.pattern.PatternInfo`) the first remote tile shows, or None."""
+    import base64
+
+    import numpy as np
+
+    from synth.pattern import read_pattern_luma
+
+    grabbed = await page.evaluate(_LUMA_JS)
+    if grabbed is None:
+        return None
+    width, height, data = grabbed
+    luma = np.frombuffer(base64.b64decode(data), dtype=np.uint8).reshape(height, width)
+    return read_pattern_luma(luma)
+
+
+async def wait_remote_pattern(page: Page, source_id: int, within_s: float = 15.0) -> Any:
+    """Poll until the first remote tile shows the pattern painted by `source_id`."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    info = await remote_pattern(page)
+    while info is None or info.source_id != source_id:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the remote picture shows {info}, not source {source_id}")
+        await page.wait_for_timeout(200)
+        info = await remote_pattern(page)
+    return info
