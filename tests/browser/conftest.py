@@ -77,7 +77,8 @@ STATS_INIT_SCRIPT = """
           if ((s.packetsReceived || 0) > 0) out.audio.tracks += 1;
         }
         if (s.type === "inbound-rtp" && s.kind === "audio") {
-          out.audio.totalAudioEnergy = (out.audio.totalAudioEnergy || 0) + (s.totalAudioEnergy || 0);
+          const energy = out.audio.totalAudioEnergy || 0;
+          out.audio.totalAudioEnergy = energy + (s.totalAudioEnergy || 0);
         }
         if (s.type === "outbound-rtp") out.outbound[s.kind] += s.bytesSent || 0;
       });

@@ -143,7 +143,9 @@ _COLOURS_JS = """(selector) => [...document.querySelectorAll(selector)].map((v) 
     g.drawImage(v, 0, 0, c.width, c.height);
     const d = g.getImageData(0, 0, c.width, c.height).data;
     const sum = [0, 0, 0];
-    for (let i = 0; i < d.length; i += 4) { sum[0] += d[i]; sum[1] += d[i + 1]; sum[2] += d[i + 2]; }
+    for (let i = 0; i < d.length; i += 4) {
+      sum[0] += d[i]; sum[1] += d[i + 1]; sum[2] += d[i + 2];
+    }
     const n = d.length / 4;
     return sum.map((x) => Math.round(x / n));
 })"""
@@ -211,7 +213,9 @@ _LUMA_JS = """() => {
       y[j] = Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
     }
     let text = '';
-    for (let k = 0; k < y.length; k += 0x8000) text += String.fromCharCode(...y.subarray(k, k + 0x8000));
+    for (let k = 0; k < y.length; k += 0x8000) {
+      text += String.fromCharCode(...y.subarray(k, k + 0x8000));
+    }
     return [c.width, c.height, btoa(text)];
 }"""
 

@@ -28,6 +28,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from relay._aiortc import selected_pair
 from synth.client import CallClient
+from tests.browser.pages import colour_name
 from tests.relay.helpers import hears, join_and_publish, sees
 
 
@@ -110,6 +111,10 @@ async def call(args: argparse.Namespace) -> None:
             await audio.wait_for_frames(50, 20)
             result["frames_received"] = video.frames_received
             result["audio_frames"] = audio.frames_received
+            # the browser paints no pattern: its camera's colour says whose picture this is
+            assert video.last_frame is not None
+            rgb = video.last_frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+            result["colour"] = colour_name([round(float(x)) for x in rgb])
         assert client.publisher is not None and client.subscriber is not None
         pairs = {
             "publisher": selected_pair(client.publisher),

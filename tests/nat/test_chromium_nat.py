@@ -134,7 +134,7 @@ async def test_chromium_behind_symmetric_nat_reaches_aiortc_only_through_the_rel
         direct = asyncio.create_task(_direct_attempt(a, b, stun, call_verified))
         browser = Endpoint(
             "call-chromium", a.client_ns, BROWSER, "call", "--url", url,
-            "--origin", server.base_url,
+            "--origin", server.base_url, "--camera", "red", "--expect-pattern", "22",
         )  # fmt: skip
         peer = Endpoint(
             "call-aiortc", b.client_ns, CLIENT, "call", "--base-url", server.base_url,
@@ -179,6 +179,10 @@ async def test_chromium_behind_symmetric_nat_reaches_aiortc_only_through_the_rel
     _, before, after = seen_by_browser["audio_packets"]
     assert after >= before + 50 and before > 0, seen_by_browser
     assert seen_by_peer["frames_received"] >= 30 and seen_by_peer["audio_frames"] >= 50
+    # and each picture is the other's: Chromium shows the aiortc pattern (source 22), the
+    # aiortc participant gets Chromium's red camera
+    assert seen_by_browser["pattern_source"] == 22, seen_by_browser
+    assert seen_by_peer["colour"] == "red", seen_by_peer
 
     # Each of Chromium's connections (publisher, subscriber) reached the relay's public address
     # from behind the NAT: its selected local candidate is the NAT's mapping, learned from the
@@ -228,7 +232,7 @@ async def test_relay_only_chromium_calls_through_coturn(
     url = pages.call_url(server.base_url, booking.session.id, booking.client_token, relayOnly="1")
     browser = Endpoint(
         "relay-only-chromium", a.client_ns, BROWSER, "call", "--url", url,
-        "--origin", server.base_url,
+        "--origin", server.base_url, "--camera", "red", "--expect-pattern", "42",
     )  # fmt: skip
     peer = Endpoint(
         "call-aiortc", b.client_ns, CLIENT, "call", "--base-url", server.base_url,
@@ -259,3 +263,5 @@ async def test_relay_only_chromium_calls_through_coturn(
     _, before, after = seen_by_browser["audio_packets"]
     assert after >= before + 50 and before > 0, seen_by_browser
     assert seen_by_peer["frames_received"] >= 30 and seen_by_peer["audio_frames"] >= 50
+    assert seen_by_browser["pattern_source"] == 42, seen_by_browser
+    assert seen_by_peer["colour"] == "red", seen_by_peer

@@ -83,7 +83,9 @@ async def test_relay_only_client_joins_with_credentials_from_the_config_endpoint
     assert seen_by_relayed["source_id"] == 42 and seen_by_direct["source_id"] == 41
     assert len(seen_by_relayed["marks_ms"]) >= 3 and len(seen_by_direct["marks_ms"]) >= 3
     # each heard the other's tone (slot = source id % 40), and nobody else's
-    assert seen_by_relayed["heard_slots"] == [42 % 40] and seen_by_direct["heard_slots"] == [41 % 40]
+    assert seen_by_relayed["heard_slots"] == [42 % 40] and seen_by_direct["heard_slots"] == [
+        41 % 40
+    ]
 
 
 async def test_coturn_refuses_expired_and_forged_credentials(coturn: Coturn) -> None:

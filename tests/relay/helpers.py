@@ -59,8 +59,7 @@ async def hears(
         f"{marks} timing marks and source {source_id}'s tone",
     )
     assert set(probe.heard_slots) == {slot}, (
-        f"heard source slots {dict(probe.heard_slots)} on {socket_id}'s track, "
-        f"expected only {slot}"
+        f"heard source slots {dict(probe.heard_slots)} on {socket_id}'s track, expected only {slot}"
     )
     return list(probe.mark_latencies_ms)
 

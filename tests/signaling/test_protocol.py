@@ -288,9 +288,7 @@ async def test_a_client_that_stops_answering_pings_is_dropped_as_disconnected(
     booking = await booking_factory()
     room_id = await open_room(storage, booking)
     stayer = await client.ws_connect(f"/ws?token={booking.client_token}")  # autoping answers
-    silent = await client.ws_connect(
-        f"/ws?token={booking.psychologist_token}", autoping=False
-    )
+    silent = await client.ws_connect(f"/ws?token={booking.psychologist_token}", autoping=False)
     assert (await receive(stayer))["event"] == "authenticated"
     assert (await receive(silent))["event"] == "authenticated"
     await stayer.send_json({"event": "join-room", "data": {"roomId": room_id}})

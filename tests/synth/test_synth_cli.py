@@ -245,9 +245,7 @@ async def test_cheap_calls_in_worker_processes_behind_lossy_link(
     # NACK/RTX really recovered packets: on the uplink (the relay asks the publisher) and on the
     # downlink (the relay answers the subscriber from its history), so what stays lost after
     # RTX is well below the raw loss
-    recovered = sum(
-        st["video"].get("recovered", 0) for c in report["calls"] for st in c["streams"]
-    )
+    recovered = sum(st["video"].get("recovered", 0) for c in report["calls"] for st in c["streams"])
     assert recovered > 0, s
     assert s["video_residual_loss_pct"] < s["video_loss_pct"] / 2, s
     assert report["impairment"]["loss_pct"] == 5

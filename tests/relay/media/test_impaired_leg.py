@@ -88,8 +88,12 @@ async def decodes_more(probe: VideoProbe, frames: int, what: str, stall: float =
     target = probe.frames_intact + frames
     while probe.frames_intact < target:
         seen = probe.frames_intact
+
+        def moved(seen: int = seen) -> bool:
+            return probe.frames_intact > seen or probe.ended
+
         await eventually(
-            lambda: probe.frames_intact > seen or probe.ended,
+            moved,
             f"{what}: another intact picture ({seen} of {target}; {probe.summary()})",
             stall,
         )

@@ -6,9 +6,9 @@ from __future__ import annotations
 import importlib.metadata
 
 import pytest
+from aioice import Connection
 from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcdtlstransport import RTCDtlsTransport
-from aioice import Connection
 
 from relay._aiortc import selftest
 
