@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any, cast
@@ -56,6 +57,12 @@ async def fetch_ice_servers(base_url: str, token: str) -> list[dict[str, Any]]:
     return list(body["data"]["iceServers"])
 
 
+def _transport(url: str) -> str:
+    if url.startswith("turns:"):
+        return "tls"
+    return "tcp" if url.endswith("transport=tcp") else "udp"
+
+
 def to_rtc(servers: list[dict[str, Any]]) -> list[RTCIceServer]:
     return [
         RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
@@ -74,6 +81,16 @@ async def call(args: argparse.Namespace) -> None:
     servers: list[dict[str, Any]] = [{"urls": args.stun}] if args.stun else []
     if args.use_config:
         servers = await fetch_ice_servers(args.base_url, args.token)
+    if args.turn_transport:
+        # aiortc uses the first TURN URL only: keep the one a client on a UDP-less network
+        # ends up on (a browser tries them all)
+        servers = [
+            {**s, "urls": [u for u in urls if _transport(u) == args.turn_transport]}
+            for s in servers
+            if (urls := s["urls"] if isinstance(s["urls"], list) else [s["urls"]])
+        ]
+    if args.ca_file:
+        os.environ["SSL_CERT_FILE"] = args.ca_file  # TURN over TLS: trust the test's coturn
     client = CallClient(
         args.base_url, args.token, ice_servers=to_rtc(servers), relay_only=args.relay_only
     )
@@ -182,6 +199,8 @@ def main() -> None:
     c.add_argument("--use-config", action="store_true")
     c.add_argument("--stun")
     c.add_argument("--relay-only", action="store_true")
+    c.add_argument("--turn-transport", choices=("udp", "tcp", "tls"))
+    c.add_argument("--ca-file")
     p = modes.add_parser("p2p")
     p.add_argument("--role", choices=("offer", "answer"), required=True)
     p.add_argument("--stun")
