@@ -8,6 +8,7 @@ drop (this kernel has no netem). A second, healthy subscriber must not suffer fo
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import threading
 import uuid
@@ -26,8 +27,9 @@ from synth import netns
 from synth.client import CallClient
 from synth.probe import VideoProbe
 from synth.tracks import PatternVideoTrack
-from tests.helpers import BookingFactory
+from tests.helpers import Booking, BookingFactory
 from tests.relay.helpers import open_room, sees
+from tests.relay.media.conftest import ClientMaker
 from tests.waiting import eventually
 
 RELAY_SIDE = "10.78.0.1"
@@ -232,3 +234,63 @@ async def test_lossy_constrained_subscriber_gets_video_and_the_publisher_slows_d
             await asyncio.to_thread(thread.join, 20)
         await publisher.close()
         await healthy.close()
+
+
+def _publisher_ports(client: CallClient) -> set[int]:
+    assert client.publisher is not None
+    ports = set()
+    for transceiver in client.publisher.getTransceivers():
+        gatherer = transceiver.sender.transport.transport.iceGatherer
+        ports |= {c.port for c in gatherer.getLocalCandidates()}
+    return ports
+
+
+def _dropped(table: str) -> int:
+    listing = subprocess.run(
+        ["nft", "list", "table", "inet", table], text=True, check=True, capture_output=True
+    ).stdout
+    found = re.search(r"counter packets (\d+)", listing)
+    assert found, listing
+    return int(found[1])
+
+
+async def test_a_lossy_publisher_uplink_is_repaired_by_nack_and_rtx(
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
+) -> None:
+    """5 % of what the publisher sends is dropped on its way to the relay: the relay asks it to
+    resend (NACK), it resends over RTX, and the relay forwards the repaired stream, so the viewer
+    misses far fewer packets than the uplink lost."""
+    booking, room_id = booked_room
+    publisher = await make_client(booking.client_token)
+    viewer = await make_client(booking.psychologist_token)
+    await publisher.join(room_id)
+    await publisher.publish(PatternVideoTrack(source_id=8, width=640, height=480, fps=30))
+    await viewer.join(room_id)
+    await sees(viewer, publisher, source_id=8)
+    producer = next(
+        p
+        for p in relay.rooms[room_id].participants[publisher.socket_id or ""].producers.values()
+        if p.kind == "video"
+    )
+    listed = ", ".join(str(p) for p in sorted(_publisher_ports(publisher)))
+    rules = (
+        "table inet lossy_uplink {\n chain out {\n"
+        "  type filter hook output priority 0; policy accept;\n"
+        f"  udp sport {{ {listed} }} numgen random mod 100 < 5 counter drop\n }}\n}}\n"
+    )
+    counter = viewer.counter_from(publisher.socket_id or "", "video")
+    assert counter is not None
+    lost_before, nacks_before = counter.lost, producer.stats.nacks
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, capture_output=True)  # noqa: ASYNC221
+    try:
+        probe = viewer.video_from(publisher.socket_id or "")
+        assert probe is not None
+        await eventually(lambda: _dropped("lossy_uplink") >= 60, "60 packets lost upstream", 60)
+        await probe.wait_for_more_frames(30, 60)  # still intact pictures, from the publisher
+        assert probe.last_info is not None and probe.last_info.source_id == 8
+        dropped = _dropped("lossy_uplink")
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", "lossy_uplink"], capture_output=True)  # noqa: ASYNC221
+    assert producer.stats.nacks > nacks_before, producer.stats
+    viewer_lost = counter.lost - lost_before
+    assert viewer_lost <= dropped / 4, (viewer_lost, dropped, producer.stats)
