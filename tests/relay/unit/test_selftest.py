@@ -13,10 +13,12 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from relay._aiortc import selftest
 
 # `self_test` is functools.cache'd (once per process): the undecorated function runs each time.
+# The tests are async: the self-test builds an (unconnected) RTCPeerConnection, which needs a
+# running event loop.
 run_self_test = selftest.self_test.__wrapped__
 
 
-def test_the_installed_aiortc_passes() -> None:
+async def test_the_installed_aiortc_passes() -> None:
     run_self_test()
 
 
@@ -33,7 +35,7 @@ def test_the_installed_aiortc_passes() -> None:
         ),
     ],
 )
-def test_a_missing_private_attribute_is_named(
+async def test_a_missing_private_attribute_is_named(
     monkeypatch: pytest.MonkeyPatch, owner: type, name: str, named: str
 ) -> None:
     monkeypatch.delattr(owner, name)
@@ -42,7 +44,7 @@ def test_a_missing_private_attribute_is_named(
     assert named in str(raised.value)
 
 
-def test_an_instance_attribute_that_moved_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_an_instance_attribute_that_moved_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     """`_rx_srtp` exists only on instances: the test builds an unconnected connection to look."""
     original = RTCDtlsTransport.__init__
 
@@ -55,7 +57,7 @@ def test_an_instance_attribute_that_moved_is_named(monkeypatch: pytest.MonkeyPat
         run_self_test()
 
 
-def test_another_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_another_version_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     real = importlib.metadata.version
     monkeypatch.setattr(
         importlib.metadata,
