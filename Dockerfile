@@ -34,7 +34,8 @@ ENV NODE_ENV=production \
 EXPOSE 8080/tcp 40000-40099/udp
 VOLUME ["/data"]
 
+# Loopback probe: with TLS_CERT_FILE set the server speaks only HTTPS (certificate not checked).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"PORT\", \"8080\")}/healthz', timeout=4)"
+    CMD python -c "import os, ssl, urllib.request; tls = bool(os.environ.get('TLS_CERT_FILE')); urllib.request.urlopen(('https' if tls else 'http') + '://127.0.0.1:' + os.environ.get('PORT', '8080') + '/healthz', timeout=4, context=ssl._create_unverified_context() if tls else None)"
 
 CMD ["smiling-relay", "serve"]

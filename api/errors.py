@@ -36,6 +36,7 @@ METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
 EMAIL_TAKEN = "EMAIL_TAKEN"
 PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
 INTERNAL_ERROR = "INTERNAL_ERROR"
+REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
 SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 
 _HTTP_CODES = {
@@ -44,6 +45,7 @@ _HTTP_CODES = {
     403: FORBIDDEN,
     404: NOT_FOUND,
     405: METHOD_NOT_ALLOWED,
+    408: REQUEST_TIMEOUT,
     413: PAYLOAD_TOO_LARGE,
     429: RATE_LIMITED,
 }
@@ -56,8 +58,11 @@ _KIND_STATUS = {
     ErrorKind.CONFLICT: 409,
     ErrorKind.RATE_LIMITED: 429,
 }
+# nginx's status for a request whose client went away before the answer (never sent; it is
+# what the access log and the metrics record, so a client's abort never counts as a 500).
+CLIENT_CLOSED_REQUEST = 499
 # Headers of aiohttp's own HTTP exceptions worth keeping (e.g. `Allow` on a 405).
-_KEPT_HEADERS = ("Allow", "Retry-After")
+_KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
 class ApiError(Exception):
@@ -166,9 +171,21 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(
             503, SERVICE_UNAVAILABLE, "Storage is unavailable; try again", now=_now(request)
         )
+    except ConnectionResetError:
+        if not _client_gone(request):
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(500, INTERNAL_ERROR, "Internal server error", now=_now(request))
+        log.info("client closed the request on %s %s", request.method, request.path)
+        return web.Response(status=CLIENT_CLOSED_REQUEST)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, INTERNAL_ERROR, "Internal server error", now=_now(request))
+
+
+def _client_gone(request: web.Request) -> bool:
+    """The client's connection is closed: reading its body raised, not our code."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 @web.middleware

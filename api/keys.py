@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from api.admin_metrics import QualityReader
     from calls.identity import Identity
     from calls.ratelimit import RateLimiter
+    from calls.ratings import CallRatings
     from calls.service import CallService
     from storage.base import Storage
 
@@ -27,5 +28,10 @@ API_RATE_LIMITER_KEY: web.AppKey[RateLimiter] = web.AppKey("api.rate_limiter")
 # The stored quality data behind /api/admin/metrics/* (implemented by metrics.setup.Metrics).
 QUALITY_KEY: web.AppKey[QualityReader] = web.AppKey("api.quality")
 
+# Participants' call-quality ratings (POST /api/video-calls/rating/{sessionId}).
+RATINGS_KEY: web.AppKey[CallRatings] = web.AppKey("api.ratings")
+
 # Set on a request once its token has been verified (see `api.auth.authenticate`).
 IDENTITY_KEY: web.RequestKey[Identity] = web.RequestKey("api.identity")
+# The page's end-to-end encryption policy (E2EE: required | preferred | off), in /config.
+E2EE_POLICY_KEY: web.AppKey[str] = web.AppKey("api.e2ee_policy")

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from api.auth import authenticate, identify
 from api.errors import ok, read_json_object
-from api.keys import SERVICE_KEY
+from api.keys import E2EE_POLICY_KEY, SERVICE_KEY
 from api.validation import FieldErrors, pagination, parse_timestamp, unknown_fields
 from api.views import call_fields_json, history_item_json, iso, participants_json, session_json
 from calls.audit import Origin
@@ -51,7 +51,12 @@ async def _access(request: web.Request) -> SessionAccess:
 @routes.get("/api/video-calls/config")
 async def get_config(request: web.Request) -> web.Response:
     identity = authenticate(request)
-    return ok({"iceServers": _service(request).ice_servers(identity)})
+    return ok(
+        {
+            "iceServers": _service(request).ice_servers(identity),
+            "e2ee": request.app.get(E2EE_POLICY_KEY, "preferred"),
+        }
+    )
 
 
 @routes.get("/api/video-calls/can-join/{sessionId}")

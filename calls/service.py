@@ -12,10 +12,11 @@ successful join are audited here too.
 
 from __future__ import annotations
 
+import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 from calls import policy
@@ -50,6 +51,8 @@ from storage.base import (
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 # Who is asking, as far as the face could tell: a verified identity, or why the token was refused.
 Caller = Identity | AuthError
 
@@ -58,6 +61,11 @@ _ROOM_PREPARABLE = frozenset({None, policy.TOO_EARLY})
 # A participant's display name when the service has no user record (tokens are trusted).
 ROLE_NAMES = {"client": "Client", "psychologist": "Psychologist", "admin": "Admin"}
 JOIN_ENDPOINT = "WS join-room"
+# The audit origin of what the server decides on its own (no client asked).
+SERVER_ORIGIN = Origin(ip_address=None, user_agent=None, endpoint="server: stale-call check")
+# Why the server ended a call (the `call_end` audit entry's reason).
+ROOM_EMPTY = "room_empty"
+WINDOW_CLOSED = "window_closed"
 
 
 def utc_now() -> datetime:
@@ -166,6 +174,8 @@ class CallService:
         # Per-user WebSocket connection budget (RATE_LIMIT_WS_PER_MIN); disabled when None.
         self.ws_limiter = ws_limiter or RateLimiter(0)
         self._secret = secret
+        # Started calls seen with an empty room: since when (session id → first seen empty).
+        self._empty_since: dict[str, datetime] = {}
 
     # -- who is calling -------------------------------------------------------------------
 
@@ -386,6 +396,81 @@ class CallService:
             ) from None
         await self._audit_join(ALLOWED, origin, identity, session.id, room_id, now, None)
         return Joined(session.id, seated)
+
+    # -- the server's own decisions ------------------------------------------------------
+
+    async def end_stale_calls(
+        self, occupied_rooms: Collection[str], *, idle_after: timedelta | None
+    ) -> list[Ended]:
+        """End started calls nobody is in any more: a room empty for `idle_after` (None: never
+        for emptiness), or a call past the join window (2 hours after the session's start).
+
+        `occupied_rooms`: the room ids with participants right now (the relay's). The end time
+        is when the room was first seen empty (else now), so the duration is the call's. Each end
+        is audited as `call_end` with the reason; a call ended meanwhile by a client is left.
+        Run periodically by the composition root.
+        """
+        now = self.clock()
+        ended: list[Ended] = []
+        open_calls = await self.storage.list_open_calls()
+        still_open = {s.id for s in open_calls}
+        for gone in set(self._empty_since) - still_open:
+            del self._empty_since[gone]
+        for session in open_calls:
+            occupied = session.meeting_link is not None and session.meeting_link in occupied_rooms
+            if occupied:
+                self._empty_since.pop(session.id, None)
+                empty_since = None
+            else:
+                empty_since = self._empty_since.setdefault(session.id, now)
+            if now > session.session_date + policy.JOIN_CLOSES_AFTER:
+                reason = WINDOW_CLOSED
+            elif (
+                empty_since is not None
+                and idle_after is not None
+                and (now - empty_since >= idle_after)
+            ):
+                reason = ROOM_EMPTY
+            else:
+                continue
+            result = await self._end_by_server(session, empty_since or now, reason, now)
+            if result is not None:
+                ended.append(result)
+        return ended
+
+    async def _end_by_server(
+        self, session: SessionRecord, ended_at: datetime, reason: str, now: datetime
+    ) -> Ended | None:
+        started = session.video_call_started
+        assert started is not None
+        ended_at = max(ended_at, started)
+        result = await self.storage.mark_ended(
+            session.id, ended_at, call_duration_minutes(started, ended_at)
+        )
+        self._empty_since.pop(session.id, None)
+        if result is None or not result.applied:
+            return None  # gone, or ended by someone else in between: theirs stands
+        stored = result.session
+        await self.audit.record(
+            action="call_end",
+            result=ALLOWED,
+            origin=SERVER_ORIGIN,
+            identity=None,
+            session_id=stored.id,
+            reason=reason,
+            room_id=stored.meeting_link,
+            duration=stored.call_duration,
+            metadata={"endedBy": "server", "alreadyEnded": False},
+            now=now,
+        )
+        log.info(
+            "ended call of session %s (%s, %s min)",
+            stored.id,
+            reason,
+            stored.call_duration,
+            extra={"call_id": stored.meeting_link},
+        )
+        return Ended(stored, already_ended=False)
 
     # -- audit helpers --------------------------------------------------------------------
 

@@ -100,7 +100,11 @@ def derived_values(doc: Mapping[str, Any]) -> dict[str, Any]:
     """The averages, recomputed from the totals of an aggregate document."""
     calls = doc.get("totalCalls") or 0
     connections = doc.get("successfulConnections") or 0
+    ratings = doc.get("ratingCount") or 0
+    # Only periods with ratings carry their mean (documents without ratings stay as they were).
+    rating = {"averageRating": round(doc.get("ratingSum", 0) / ratings, 3)} if ratings else {}
     return {
+        **rating,
         "averageDuration": round(doc.get("totalDuration", 0.0) / calls, 3) if calls else 0.0,
         "averageConnectionTime": (
             round(doc.get("totalConnectionTime", 0.0) / connections, 3) if connections else 0.0
@@ -184,6 +188,26 @@ class AggregateRecorder:
                 await store.upsert_call_metrics(key, values=values)
             if self._pending_errors:
                 await self._flush_errors_locked(store)
+
+    # -- ratings ------------------------------------------------------------------------
+
+    async def record_rating(self, rating: int, when: datetime) -> None:
+        """Add a participant's 1–5 call rating to the aggregates of the hour and day it was given
+        (`ratingCount`, `ratingSum`, `averageRating`)."""
+        store = self._store()
+        if store is None:
+            return
+        async with self._lock:
+            for period in PERIODS:
+                key = aggregate_key(period, period_start(when, period))
+                doc = await store.upsert_call_metrics(
+                    key, increments={"ratingCount": 1, "ratingSum": rating}
+                )
+                values = derived_values(doc)
+                values["updatedAt"] = self._clock()
+                if "errorCounts" not in doc:
+                    values["errorCounts"] = {}
+                await store.upsert_call_metrics(key, values=values)
 
     async def read(self, period: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
         """Aggregates of `period` whose `date` lies in [start, end), oldest first."""

@@ -39,6 +39,10 @@ CALL_DURATION_BUCKETS = (
     10800.0,
 )
 MOS_BUCKETS = (1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.5)
+# Participants' ratings are whole numbers 1..5: one bucket per value.
+RATING_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0)
+RATING_REASONS = ("audio", "video", "connection")
+RATING_ROLES = ("client", "psychologist")
 
 
 class Instruments:
@@ -93,6 +97,19 @@ class Instruments:
             ("result",),
             registry=registry,
         )
+        self.call_rating = Histogram(
+            f"{PREFIX}_call_rating",
+            "Participants' 1-5 ratings of a call's quality, by the rater's role.",
+            ("role",),
+            buckets=RATING_BUCKETS,
+            registry=registry,
+        )
+        self.call_rating_reasons = Counter(
+            f"{PREFIX}_call_rating_reasons",
+            "What went wrong, as participants ticked it when rating a call.",
+            ("reason",),
+            registry=registry,
+        )
         self._extra_events: set[str] = set()
         self._codes: set[str] = set()
         # Series that exist from the start (at 0), so rate() panels show 0 rather than nothing.
@@ -105,6 +122,10 @@ class Instruments:
         self._codes.add("INTERNAL_ERROR")
         for result in ("stored", "failed", "skipped"):
             self.call_summaries.labels(result)
+        for role in RATING_ROLES:
+            self.call_rating.labels(role)
+        for reason in RATING_REASONS:
+            self.call_rating_reasons.labels(reason)
 
     # -- label hygiene ------------------------------------------------------------------
 
@@ -143,6 +164,13 @@ class Instruments:
         label = self.error_code_label(code)
         self.errors.labels(label, source).inc()
         return label
+
+    def observe_rating(self, rating: int, reasons: Iterable[str], role: str) -> None:
+        """One participant's rating; values outside the fixed sets are not labels."""
+        self.call_rating.labels(role if role in RATING_ROLES else "other").observe(rating)
+        for reason in reasons:
+            if reason in RATING_REASONS:
+                self.call_rating_reasons.labels(reason).inc()
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         method = method if method in HTTP_METHODS else "OTHER"

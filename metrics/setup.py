@@ -6,9 +6,10 @@ summaries and aggregates; the composition root (`smiling_relay.app.create_app`) 
 the relay's, so the relay exists when it starts and stops after it. The settings (max calls,
 sample interval, the `/metrics` token) come from `smiling_relay.config.Config`.
 
-`Metrics` also implements two protocols its users define: the WebSocket face's
-`SignalingObserver` (`ws_message`, `ws_error`) and the REST face's `QualityReader` (the admin
-endpoints over stored summaries and aggregates), so metrics imports neither face.
+`Metrics` also implements three protocols its users define: the WebSocket face's
+`SignalingObserver` (`ws_message`, `ws_error`), the REST face's `QualityReader` (the admin
+endpoints over stored summaries and aggregates) and the domain's `calls.ratings.RatingObserver`
+(`call_rated`), so metrics imports none of them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -106,12 +107,23 @@ class Metrics:
         return room_id in self.sampler.calls
 
     async def call_summaries(self, room_id: str) -> list[dict[str, Any]]:
+        """The room's summaries, oldest first, each with the participants' `ratings` of it."""
         store = self.store()
         if store is None:
             return []
         docs = await store.find_call_metrics({"period": "call", "roomId": room_id}, limit=100)
         docs.sort(key=lambda d: d["startedAt"])
+        ratings = await store.find_call_metrics({"period": "rating", "roomId": room_id}, limit=100)
+        attach_ratings(docs, ratings)
         return docs
+
+    # -- calls.ratings.RatingObserver -----------------------------------------------------
+
+    def call_rated(self, rating: int, reasons: Sequence[str], role: str) -> None:
+        """A participant rated a call: the histogram now, the aggregates in the background."""
+        self.instruments.observe_rating(rating, reasons, role)
+        when = datetime.fromtimestamp(self._wall(), UTC)
+        self._spawn(self.aggregates.record_rating(rating, when), "rating aggregate")
 
     def period_start(self, when: datetime, period: str) -> datetime:
         return period_start(when, period)
@@ -180,14 +192,17 @@ class Metrics:
                 self.instruments.call_audio_mos.observe(path["mos"])
 
     def _spawn_write(self, summary: dict[str, Any]) -> None:
+        self._spawn(self.store_summary(summary), f"summary of call {summary['roomId']}")
+
+    def _spawn(self, write: Coroutine[Any, Any, None], what: str) -> None:
+        """Run a storage write in the background; `drain` waits for it at shutdown."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            log.warning(
-                "call %s closed outside the event loop; summary not stored", summary["roomId"]
-            )
+            write.close()
+            log.warning("%s outside the event loop: not stored", what)
             return
-        task = loop.create_task(self.store_summary(summary))
+        task = loop.create_task(_logged(write, what))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
@@ -260,6 +275,35 @@ class Metrics:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.drain()
+
+
+async def _logged(write: Coroutine[Any, Any, None], what: str) -> None:
+    try:
+        await write
+    except Exception:
+        log.exception("storing the %s failed", what)
+
+
+def attach_ratings(summaries: list[dict[str, Any]], ratings: list[dict[str, Any]]) -> None:
+    """Give each summary the ratings of its call: a rating rates the latest call of the room
+    that started before it was given (summaries oldest first). A rating given before any stored
+    summary (the summary is written a moment after the call ends) waits for it."""
+    for summary in summaries:
+        summary["ratings"] = []
+    for rating in sorted(ratings, key=lambda r: _aware(r["ratedAt"])):
+        rated = _aware(rating["ratedAt"])
+        target = None
+        for summary in summaries:
+            if _aware(summary["startedAt"]) <= rated:
+                target = summary
+        if target is not None:
+            target["ratings"].append(
+                {k: rating.get(k) for k in ("userId", "role", "rating", "reasons", "ratedAt")}
+            )
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def setup_metrics(app: web.Application, metrics: Metrics) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from aiortc import RTCRtpCodecCapability
@@ -70,6 +71,10 @@ def parse_sections(sdp: str) -> list[MediaSection]:
         description = SessionDescription.parse(sdp)
     except Exception as exc:  # aiortc raises assorted errors on malformed SDP
         raise NegotiationError(f"malformed SDP: {exc}") from exc
+    mids = Counter(str(media.rtp.muxId) for media in description.media)
+    duplicates = sorted(mid for mid, n in mids.items() if n > 1)
+    if duplicates:
+        raise NegotiationError(f"media sections share a=mid {', '.join(duplicates)}")
     sections: list[MediaSection] = []
     for media in description.media:
         if media.kind not in ("audio", "video"):

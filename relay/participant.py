@@ -8,12 +8,15 @@ track of the other participants. Each connection has one fixed offerer, so offer
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from aioice.ice import get_host_addresses
 from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -28,10 +31,10 @@ from aiortc.rtp import (
     RtcpSrPacket,
     unpack_remb_fci,
 )
-from aiortc.sdp import candidate_from_sdp
 
 from relay import _aiortc
 from relay._aiortc import IdleTrack, MediaTransport
+from relay.candidates import Candidate, CandidateError, Ignored, IpAddress, parse_candidate
 from relay.forwarder import Forwarder, SendParameters
 from relay.negotiation import (
     ABS_SEND_TIME_URI,
@@ -154,6 +157,13 @@ class Participant:
         self._pending_subscriptions: list[Producer] = []
         self._awaiting_answer = False
         self._negotiation: asyncio.Task[None] | None = None
+        # Remote candidates (trickled or in an SDP) per connection, as (transport, host, port).
+        self._remote_candidates: dict[str, set[tuple[str, str, int]]] = {
+            "publisher": set(),
+            "subscriber": set(),
+        }
+        self.candidates_ignored: dict[Ignored, int] = dict.fromkeys(Ignored, 0)
+        self._host_addresses: tuple[str, ...] | None = None
 
     @property
     def socket_id(self) -> str:
@@ -171,13 +181,17 @@ class Participant:
                 raise NegotiationError("the participant has left")
             pc = self._publisher_pc or self._new_connection("publisher")
             self._publisher_pc = pc
+            sdp = self._screen_candidates(pc, "publisher", sdp)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             except Exception as exc:
                 raise NegotiationError(f"the offer was refused: {exc}") from exc
             for transceiver in pc.getTransceivers():
                 _aiortc.keep_decoder_stopped(transceiver.receiver)
-            await pc.setLocalDescription(await pc.createAnswer())
+            try:
+                await pc.setLocalDescription(await pc.createAnswer())
+            except ValueError as exc:  # an offer aiortc accepted but cannot answer
+                raise NegotiationError(f"the offer cannot be answered: {exc}") from exc
             answer = pc.localDescription.sdp
             new_producers = self._add_producers(pc, offered, parse_sections(answer))
         if new_producers:
@@ -342,7 +356,11 @@ class Participant:
         try:
             await pc.setLocalDescription(await pc.createOffer())
         except Exception as exc:
-            logger.exception("creating the subscriber offer for %s failed", self.socket_id)
+            logger.exception(
+                "creating the subscriber offer for %s failed",
+                self.socket_id,
+                extra={"connection_id": self.socket_id},
+            )
             self._awaiting_answer = False
             self.listener.negotiation_failed(f"the relay could not offer the others' media: {exc}")
             return
@@ -373,6 +391,7 @@ class Participant:
         if pc is None or not self._awaiting_answer:
             raise NegotiationError("there is no subscriber offer waiting for an answer")
         answered = {s.mid: s for s in parse_sections(sdp)}
+        sdp = self._screen_candidates(pc, "subscriber", sdp)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         except Exception as exc:
@@ -463,21 +482,89 @@ class Participant:
 
         return pc
 
-    async def add_ice_candidate(self, target: str, candidate: dict[str, Any] | None) -> None:
+    async def add_ice_candidate(
+        self, target: str, candidate: dict[str, Any] | None
+    ) -> Ignored | None:
+        """Add a trickled candidate; `CandidateError` if it is malformed or one too many.
+
+        Returns why a well-formed candidate was dropped quietly, or None once it was added.
+        """
         pc = self._publisher_pc if target == "publisher" else self._subscriber_pc
         if pc is None:
             raise NegotiationError(f"there is no {target} connection yet")
         if candidate is None or not candidate.get("candidate"):
-            return  # end of candidates: aiortc needs no marker
-        text = str(candidate["candidate"])
-        parsed = candidate_from_sdp(
-            text.split(":", 1)[1] if text.startswith("candidate:") else text
-        )
-        parsed.sdpMid = candidate.get("sdpMid")
-        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
-        if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
-            parsed.sdpMLineIndex = 0
-        await pc.addIceCandidate(parsed)
+            return None  # end of candidates: aiortc needs no marker
+        parsed = parse_candidate(str(candidate["candidate"]))
+        ignored = self._admit(pc, target, parsed)
+        if ignored is not None:
+            return ignored
+        try:
+            await pc.addIceCandidate(
+                parsed.to_aiortc(candidate.get("sdpMid"), candidate.get("sdpMLineIndex"))
+            )
+        except ValueError as exc:  # aiortc/aioice: no such section, after end-of-candidates
+            raise CandidateError(f"the connection refused the candidate: {exc}") from None
+        return None
+
+    def _screen_candidates(self, pc: RTCPeerConnection, target: str, sdp: str) -> str:
+        """`sdp` without the candidates the relay must not contact (as for trickled ones)."""
+        kept: list[str] = []
+        dropped = False
+        for line in sdp.splitlines(keepends=True):  # as aiortc splits it
+            if line.startswith("a=candidate:"):
+                try:
+                    ignored = self._admit(pc, target, parse_candidate(line.strip()))
+                except CandidateError as exc:
+                    raise NegotiationError(f"a=candidate: {exc.reason}") from None
+                if ignored is not None:
+                    dropped = True
+                    continue
+            kept.append(line)
+        if dropped:
+            # With no pair and no more candidates to come, aioice would fail at once; without
+            # the marker it waits for the client's checks (peer-reflexive candidates).
+            kept = [line for line in kept if not line.startswith("a=end-of-candidates")]
+        return "".join(kept)
+
+    def _admit(self, pc: RTCPeerConnection, target: str, candidate: Candidate) -> Ignored | None:
+        """Count a remote candidate of `target`; why it is not to be added, or None."""
+        seen = self._remote_candidates[target]
+        key = (candidate.transport, candidate.host, candidate.port)
+        limit = self._settings.max_remote_candidates
+        if key not in seen and len(seen) >= limit:
+            raise CandidateError(f"at most {limit} candidates per connection")
+        seen.add(key)
+        ignored = self._ignored(pc, candidate)
+        if ignored is not None:
+            self.candidates_ignored[ignored] += 1
+        return ignored
+
+    def _ignored(self, pc: RTCPeerConnection, candidate: Candidate) -> Ignored | None:
+        if candidate.is_mdns:
+            return Ignored.MDNS
+        if candidate.transport != "udp":
+            return Ignored.TCP
+        host = candidate.host
+        refusal = self._settings.peer_policy.refusal(host, self._own_addresses(pc))
+        if refusal is not None:
+            logger.debug("%s: not contacting %s, %s", self.socket_id, host, refusal)
+            return Ignored.ADDRESS
+        return None
+
+    def _own_addresses(self, pc: RTCPeerConnection) -> frozenset[IpAddress]:
+        """The relay's addresses: its interfaces', the configured ones, its candidates'."""
+        if self._host_addresses is None:
+            self._host_addresses = tuple(get_host_addresses(use_ipv4=True, use_ipv6=True))
+        addresses = {self._settings.announced_ip, *self._settings.bind_ips, *self._host_addresses}
+        for transceiver in pc.getTransceivers():
+            for local in transceiver.receiver.transport.transport.iceGatherer.getLocalCandidates():
+                addresses.update((local.ip, local.relatedAddress))
+        own = set()
+        for address in addresses:
+            if address is not None:
+                with contextlib.suppress(ValueError):  # an interface's scoped IPv6 address
+                    own.add(ipaddress.ip_address(address))
+        return frozenset(own)
 
     def rtcp_tick(self) -> None:
         """Periodic RTCP: receiver reports and REMB to the publisher, sender reports to us."""
@@ -520,6 +607,7 @@ class Participant:
                 self.socket_id,
                 stats.media_path_errors,
                 LOGGED_MEDIA_PATH_ERRORS,
+                extra={"connection_id": self.socket_id},
             )
 
     def _silent_since(self, now: float) -> float:

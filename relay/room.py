@@ -189,7 +189,11 @@ class Room:
                 try:
                     participant.rtcp_tick()
                 except Exception:
-                    logger.exception("RTCP for %s failed", participant.socket_id)
+                    logger.exception(
+                        "RTCP for %s failed",
+                        participant.socket_id,
+                        extra={"call_id": self.room_id, "connection_id": participant.socket_id},
+                    )
 
     async def close(self) -> None:
         """Tear the room down (relay shutdown); participants are told the call is over."""

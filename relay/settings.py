@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer
 
+from relay.candidates import PeerPolicy
+
 
 @dataclass(frozen=True)
 class RelaySettings:
@@ -23,6 +25,10 @@ class RelaySettings:
     # A client whose media connections carried no RTCP for this long is gone (crashed tab, lost
     # network) even if ICE consent, which takes ~30 s to fail, has not noticed yet.
     silence_timeout: float = 15.0
+    # Trickled candidates: which addresses the relay sends connectivity checks to
+    # (relay/candidates.py), and how many one peer connection may trickle.
+    peer_policy: PeerPolicy = field(default_factory=PeerPolicy)
+    max_remote_candidates: int = 50
 
     def rtc_configuration(self) -> RTCConfiguration:
         return RTCConfiguration(

@@ -57,7 +57,7 @@ class Relay:
             try:
                 listener(event)
             except Exception:
-                logger.exception("a call-closed listener failed")
+                logger.exception("a call-closed listener failed", extra={"call_id": room.room_id})
 
     def on_call_closed(self, listener: CallClosedListener) -> None:
         self._call_closed_listeners.append(listener)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
@@ -15,13 +16,16 @@ from aiohttp import WSMsgType, web
 from calls.audit import Origin
 from calls.errors import CallError, ErrorKind
 from calls.identity import Identity
+from calls.log_context import CALL_ID, CONNECTION_ID
 from calls.service import JOIN_ENDPOINT, CallService, RoomIsFull, Seat
+from relay.candidates import CandidateError
 from relay.negotiation import NegotiationError
 from relay.participant import Participant, ParticipantInfo, TrackInfo
 from relay.reasons import LeaveReason
 from relay.room import Room, RoomClosed, RoomFull
 from relay.sfu import Relay
 from signaling import protocol
+from signaling.limits import Occupancy, Place, SignalingLimits, TokenBucket
 from signaling.protocol import Message, ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -71,7 +75,12 @@ class SignalingConnection:
         relay: Relay,
         service: CallService,
         observer: SignalingObserver = NO_OBSERVER,
+        *,
+        limits: SignalingLimits | None = None,
+        sessions: Occupancy | None = None,
+        on_authenticated: Callable[[], None] = lambda: None,
     ) -> None:
+        limits = limits or SignalingLimits()
         self.request = request
         self.ws = ws
         self.relay = relay
@@ -84,10 +93,15 @@ class SignalingConnection:
         self._errors = 0
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._messages = TokenBucket(limits.messages_per_second, limits.message_burst)
+        self._sessions = sessions or Occupancy(limits.max_sessions_per_user)
+        self._session: Place | None = None
+        self._on_authenticated = on_authenticated
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def run(self, token: str | None) -> None:
+        CONNECTION_ID.set(self.socket_id)  # this handler's task: every line of it carries it
         self._writer = asyncio.create_task(self._write_loop())
         try:
             if token is not None:
@@ -100,6 +114,8 @@ class SignalingConnection:
             # The writer is told to stop first: aiohttp may cancel this handler when the client
             # vanishes, and nothing after the cancellation point would run.
             self._outbox.put_nowait(None)
+            if self._session is not None:
+                self._session.release()  # before leaving: closing the media may take a while
             # shielded: leaving the room must complete even if this handler is cancelled
             await asyncio.shield(self._leave(LeaveReason.DISCONNECTED))
             with contextlib.suppress(Exception):
@@ -133,7 +149,18 @@ class SignalingConnection:
             self._send_error(code, exc.message, exc.details)
             await self._close(close)
             return False
+        self._session = self._sessions.take(identity.user_id)
+        if self._session is None:
+            limit = self._sessions.limit
+            self._send_error(
+                "TOO_MANY_CONNECTIONS",
+                f"this user already has {limit} open connections; close one first",
+                {"limit": limit},
+            )
+            await self._close(CLOSE_RATE_LIMITED)
+            return False
         self.identity = identity
+        self._on_authenticated()
         self._send(
             "authenticated",
             {
@@ -147,7 +174,15 @@ class SignalingConnection:
 
     async def _read_loop(self) -> None:
         async for raw in self.ws:
-            if raw.type == WSMsgType.TEXT:
+            if raw.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not self._messages.take():
+                await self._refuse(
+                    ProtocolError(
+                        "RATE_LIMITED",
+                        "too many messages; slow down",
+                        {"retryAfter": round(self._messages.retry_after(), 3)},
+                    )
+                )
+            elif raw.type == WSMsgType.TEXT:
                 await self._handle_text(raw.data)
             elif raw.type == WSMsgType.BINARY:
                 await self._refuse(ProtocolError("INVALID_MESSAGE", "binary frames are not used"))
@@ -157,16 +192,28 @@ class SignalingConnection:
                 break
 
     async def _handle_text(self, text: str) -> None:
+        event: str | None = None
         try:
             message = protocol.parse_message(text)
-            self.observer.ws_message(message.event, "in")
+            event = message.event
+            self.observer.ws_message(event, "in")
             await self._dispatch(message)
         except ProtocolError as exc:
             await self._refuse(exc)
         except CallError as exc:
             await self._refuse(ProtocolError(exc.code, exc.message, exc.details))
+        except CandidateError as exc:
+            await self._refuse(
+                ProtocolError(
+                    "VALIDATION_ERROR",
+                    f"ice-candidate: {exc.reason}",
+                    {"event": event, "field": "candidate.candidate", "reason": exc.reason},
+                )
+            )
         except NegotiationError as exc:
-            await self._refuse(ProtocolError("NEGOTIATION_FAILED", str(exc)))
+            await self._refuse(
+                ProtocolError("NEGOTIATION_FAILED", str(exc), {"event": event, "reason": str(exc)})
+            )
         except Exception:
             logger.exception("signaling message failed on %s", self.socket_id)
             await self._refuse(ProtocolError("INTERNAL_ERROR", "the server could not handle that"))
@@ -224,7 +271,20 @@ class SignalingConnection:
             await participant.add_ice_candidate(target, protocol.ice_candidate(data))
         elif event == "media-state":
             audio, video, screen = protocol.media_state(data)
-            self._require_room().set_media_state(participant, audio, video, screen)
+            media = participant.media
+            if (audio, video, screen) != (media.audio, media.video, media.screen):
+                # only changes are relayed: repeating a state costs the others nothing
+                self._require_room().set_media_state(participant, audio, video, screen)
+        elif event == "e2ee-key":
+            self._forward_e2ee_key(participant, protocol.e2ee_key(data))
+
+    def _forward_e2ee_key(self, participant: Participant, key: dict[str, Any]) -> None:
+        """Hand the browsers' key exchange to the room's other participants, stamped with its
+        sender (the server cannot read it: docs/e2ee.md)."""
+        sender = {"socketId": self.socket_id, "userId": participant.info.user_id}
+        for other in self._require_room().participants.values():
+            if other is not participant and isinstance(other.listener, SignalingConnection):
+                other.listener._send("e2ee-key", {**key, **sender})
 
     def _require_room(self) -> Room:
         if self.room is None:
@@ -261,6 +321,7 @@ class SignalingConnection:
                 raise RoomIsFull(str(exc), exc.limit) from None
             # Before the service audits the join: the relay may already talk to us meanwhile.
             self.room, self.participant = room, participant
+            CALL_ID.set(room_id)
             return room, participant
 
         joined = await self.service.join_room(identity, room_id, origin, take_seat)
@@ -295,6 +356,7 @@ class SignalingConnection:
     async def _leave(self, reason: LeaveReason) -> None:
         room, participant = self.room, self.participant
         self.room = self.participant = None
+        CALL_ID.set(None)
         if room is not None and participant is not None:
             await room.leave(participant, reason)
 

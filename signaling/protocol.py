@@ -26,6 +26,7 @@ CLIENT_EVENTS = (
     "media-state",
     "leave-room",
     "ping",
+    "e2ee-key",
 )
 SERVER_EVENTS = (
     "authenticated",
@@ -39,6 +40,7 @@ SERVER_EVENTS = (
     "media-state",
     "room-left",
     "pong",
+    "e2ee-key",
     "error",
 )
 
@@ -149,6 +151,35 @@ def media_state(data: dict[str, Any]) -> tuple[bool, bool, bool]:
             raise _invalid("media-state", field, "must be true or false")
         values.append(value)
     return values[0], values[1], values[2]
+
+
+# An `e2ee-key` (docs/e2ee.md) is the browsers' key exchange: public keys and media keys wrapped
+# for each recipient. The server cannot read it; it checks the shape and size and forwards it.
+E2EE_MAX_WRAPPED = 16
+E2EE_MAX_KEY_CHARS = 200  # base64 of a 65-byte P-256 point or of IV + 32-byte key + tag
+
+
+def e2ee_key(data: dict[str, Any]) -> dict[str, Any]:
+    """The forwarded part of an `e2ee-key`: {capable, publicKey?, keyId?, wrapped?}."""
+    event = "e2ee-key"
+    capable = data.get("capable")
+    if not isinstance(capable, bool):
+        raise _invalid(event, "capable", "must be true or false")
+    if not capable:
+        return {"capable": False}
+    public_key = require_str(data, event, "publicKey", E2EE_MAX_KEY_CHARS)
+    key_id = data.get("keyId")
+    if not isinstance(key_id, int) or isinstance(key_id, bool) or not 0 <= key_id <= 255:
+        raise _invalid(event, "keyId", "must be an integer 0-255")
+    wrapped = data.get("wrapped", {})
+    if not isinstance(wrapped, dict) or len(wrapped) > E2EE_MAX_WRAPPED:
+        raise _invalid(event, "wrapped", f"must be an object of at most {E2EE_MAX_WRAPPED} keys")
+    for socket_id, value in wrapped.items():
+        if len(socket_id) > MAX_ROOM_ID_CHARS or not isinstance(value, str):
+            raise _invalid(event, "wrapped", "must map socket ids to strings")
+        if not value or len(value) > E2EE_MAX_KEY_CHARS:
+            raise _invalid(event, "wrapped", f"values must be 1-{E2EE_MAX_KEY_CHARS} characters")
+    return {"capable": True, "publicKey": public_key, "keyId": key_id, "wrapped": wrapped}
 
 
 # -- server messages ----------------------------------------------------------------------------

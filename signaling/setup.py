@@ -13,7 +13,14 @@ from aiohttp import web
 
 from calls.service import CallService
 from relay.sfu import Relay
-from signaling.connection import NO_OBSERVER, SignalingConnection, SignalingObserver
+from signaling.connection import (
+    AUTHENTICATE_TIMEOUT,
+    NO_OBSERVER,
+    SignalingConnection,
+    SignalingObserver,
+)
+from signaling.limits import NO_PLACE, Occupancy, SignalingLimits
+from signaling.origins import OriginPolicy
 from signaling.protocol import MAX_MESSAGE_BYTES
 
 HEARTBEAT_SECONDS = 10.0  # a silent client is dropped after about this long without a pong
@@ -27,8 +34,17 @@ class Signaling:
     # The relay exists only while the app runs (the composition root's cleanup context).
     relay: Callable[[], Relay]
     observer: SignalingObserver = NO_OBSERVER
+    limits: SignalingLimits = field(default_factory=SignalingLimits)
+    origins: OriginPolicy = field(default_factory=OriginPolicy)
     # The live sockets, closed with "going away" at shutdown.
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    # Unauthenticated connections per client IP, authenticated ones per user.
+    pending: Occupancy = field(init=False)
+    sessions: Occupancy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pending = Occupancy(self.limits.max_pending_per_ip)
+        self.sessions = Occupancy(self.limits.max_sessions_per_user)
 
 
 SIGNALING_KEY: web.AppKey[Signaling] = web.AppKey("signaling")
@@ -40,9 +56,13 @@ def setup_signaling(
     service: CallService,
     relay: Callable[[], Relay],
     observer: SignalingObserver = NO_OBSERVER,
+    limits: SignalingLimits | None = None,
+    origins: OriginPolicy | None = None,
 ) -> None:
     """Register `/ws`; `relay()` gives the running relay when a client connects."""
-    app[SIGNALING_KEY] = Signaling(service, relay, observer)
+    app[SIGNALING_KEY] = Signaling(
+        service, relay, observer, limits or SignalingLimits(), origins or OriginPolicy()
+    )
     app.router.add_get("/ws", websocket_handler, name="signaling")
     app.on_shutdown.append(close_connections)
 
@@ -54,14 +74,40 @@ async def close_connections(app: web.Application) -> None:
 
 async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
     signaling = request.app[SIGNALING_KEY]
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_MESSAGE_BYTES)
-    await ws.prepare(request)
-    signaling.sockets.add(ws)
-    try:
-        connection = SignalingConnection(
-            request, ws, signaling.relay(), signaling.service, signaling.observer
+    # Refused before the upgrade, so the answer is the REST error envelope (api.errors).
+    refusal = signaling.origins.refusal(request.headers.get("Origin"), request.host)
+    if refusal is not None:
+        raise web.HTTPForbidden(reason=f"WebSocket refused: {refusal}")
+    token = request.query.get("token")
+    # Only a connection that authenticates with a message waits (up to 10 s) unauthenticated;
+    # one with `?token=` is authenticated or closed as soon as it is upgraded.
+    pending = signaling.pending.take(request.remote or "") if token is None else NO_PLACE
+    if pending is None:
+        raise web.HTTPTooManyRequests(
+            reason=(
+                f"at most {signaling.limits.max_pending_per_ip} unauthenticated WebSocket "
+                "connections per address"
+            ),
+            headers={"Retry-After": str(int(AUTHENTICATE_TIMEOUT))},
         )
-        await connection.run(request.query.get("token"))
+    try:
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_MESSAGE_BYTES)
+        await ws.prepare(request)
+        signaling.sockets.add(ws)
+        try:
+            connection = SignalingConnection(
+                request,
+                ws,
+                signaling.relay(),
+                signaling.service,
+                signaling.observer,
+                limits=signaling.limits,
+                sessions=signaling.sessions,
+                on_authenticated=pending.release,
+            )
+            await connection.run(token)
+        finally:
+            signaling.sockets.discard(ws)
     finally:
-        signaling.sockets.discard(ws)
+        pending.release()
     return ws

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -23,8 +24,11 @@ from calls.ice_servers import IceSettings
 from calls.ratelimit import RateLimiter
 from calls.service import CallService
 from metrics.setup import Metrics, setup_metrics
+from relay.candidates import PeerPolicy, parse_ranges
 from relay.settings import RelaySettings
 from relay.sfu import Relay
+from signaling.limits import SignalingLimits
+from signaling.origins import OriginPolicy
 from signaling.protocol import CLIENT_EVENTS, SERVER_EVENTS
 from signaling.setup import setup_signaling
 from smiling_relay.config import Config
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 # `web/` sits next to the packages, in a checkout and in an installed copy alike.
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 RETENTION_INTERVAL = 3600.0  # seconds between retention passes
+STALE_CALL_INTERVAL = 60.0  # seconds between checks for calls to end (CALL_IDLE_END_MINUTES)
 MAX_BODY_BYTES = 256 * 1024
 
 # The running relay (set by its cleanup context; the faces get it through `create_app`).
@@ -48,6 +53,16 @@ def relay_settings(config: Config) -> RelaySettings:
         announced_ip=config.relay_announced_ip,
         bind_ips=config.relay_bind_ips,
         udp_ports=config.relay_udp_ports,
+        peer_policy=PeerPolicy(parse_ranges(config.relay_allowed_peer_ranges)),
+    )
+
+
+def signaling_limits(config: Config) -> SignalingLimits:
+    return SignalingLimits(
+        max_pending_per_ip=config.ws_max_pending_per_ip,
+        max_sessions_per_user=config.ws_max_connections_per_user,
+        messages_per_second=config.ws_messages_per_second,
+        message_burst=config.ws_message_burst,
     )
 
 
@@ -102,8 +117,18 @@ def create_app(
         quality=metrics,
         cors_origins=config.cors_origins,
         hsts=config.is_production,
+        e2ee=config.e2ee,
+        body_timeout=config.http_body_timeout,
+        rating_observer=metrics,
     )
-    setup_signaling(app, service=service, relay=lambda: app[RELAY_KEY], observer=metrics)
+    setup_signaling(
+        app,
+        service=service,
+        relay=lambda: app[RELAY_KEY],
+        observer=metrics,
+        limits=signaling_limits(config),
+        origins=OriginPolicy.of(config.cors_origins, config.public_url),
+    )
     setup_metrics(app, metrics)
     _setup_web_client(app, web_dir or WEB_DIR)
 
@@ -112,6 +137,10 @@ def create_app(
     app.cleanup_ctx.append(_storage_lifetime(store, owned=storage is None))
     app.cleanup_ctx.append(_relay_lifetime(relay_settings(config)))
     app.cleanup_ctx.append(metrics.context)
+    idle = config.call_idle_end_minutes
+    app.cleanup_ctx.append(
+        _stale_calls_lifetime(service, timedelta(minutes=idle) if idle > 0 else None)
+    )
     return app
 
 
@@ -153,6 +182,35 @@ def _relay_lifetime(settings: RelaySettings) -> Callable[[web.Application], Asyn
         await relay.close()
 
     return lifetime
+
+
+def _stale_calls_lifetime(
+    service: CallService, idle_after: timedelta | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Nothing else ends a call whose participants just closed their tabs: every minute, the
+    service ends calls whose relay room stayed empty `idle_after`, or past their window."""
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        relay = app[RELAY_KEY]
+        task = asyncio.create_task(_end_stale_calls(service, relay, idle_after), name="stale-calls")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return lifetime
+
+
+async def _end_stale_calls(
+    service: CallService, relay: Relay, idle_after: timedelta | None
+) -> None:
+    while True:
+        await asyncio.sleep(STALE_CALL_INTERVAL)
+        occupied = {room_id for room_id, room in relay.rooms.items() if room.participants}
+        try:
+            await service.end_stale_calls(occupied, idle_after=idle_after)
+        except Exception:
+            log.exception("the stale-call check failed; it runs again in a minute")
 
 
 def _setup_web_client(app: web.Application, web_dir: Path) -> None:

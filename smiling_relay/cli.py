@@ -15,6 +15,7 @@ from typing import Any
 
 from calls.identity import mint_token
 from smiling_relay.config import Config, ConfigError
+from smiling_relay.logs import configure_logging
 from storage.base import ROLES, DuplicateError, Storage, UserRecord, format_datetime, is_object_id
 from storage.factory import open_storage
 
@@ -95,10 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     own_args, synth_args = _split_synth(list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(own_args)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    configure_logging(level, "text")  # until the configuration names LOG_FORMAT
     if args.command == "synth":
         return _synth(synth_args or [])
     try:
@@ -106,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"smiling-relay: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    configure_logging(level, config.log_format)
     if args.command == "serve":
         return _serve(config, host=args.host, port=args.port)
     if args.command == "demo":
@@ -133,6 +133,7 @@ def _require_stable_secret(config: Config, what: str) -> bool:
 def _serve(config: Config, *, host: str | None, port: int | None) -> int:
     from aiohttp import web
 
+    from smiling_relay import server
     from smiling_relay.app import create_app
 
     if host:
@@ -152,16 +153,17 @@ def _serve(config: Config, *, host: str | None, port: int | None) -> int:
 
     async def announce(_: web.Application) -> None:
         log.info(
-            "smiling-relay serving on %s (bind %s:%d, storage %s, %s mode)",
+            "smiling-relay serving on %s (bind %s:%d, %s, storage %s, %s mode)",
             config.base_url(),
             config.host,
             config.port,
+            "HTTPS" if config.tls else "plain HTTP",
             config.storage_backend,
             config.environment,
         )
 
     app.on_startup.append(announce)
-    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None)
+    server.run(app, config)
     return 0
 
 

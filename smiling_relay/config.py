@@ -18,8 +18,11 @@ from storage.crypto import EncryptionKeyError, parse_keys
 
 log = logging.getLogger(__name__)
 
+# End-to-end media encryption in the browsers (docs/e2ee.md): refuse, allow or skip the fallback.
+E2EE_POLICIES = ("required", "preferred", "off")
 PRODUCTION_NAMES = frozenset({"production", "prod"})
 MIN_SECRET_LENGTH = 32
+LOG_FORMATS = ("json", "text")
 
 
 class ConfigError(ValueError):
@@ -68,12 +71,36 @@ class Config:
     # Field-level encryption at rest of the SQLite store's personal data (storage/crypto.py):
     # `id:base64key[,id:base64key…]`, the first entry current. Never printed.
     data_encryption_key: str | None = field(default=None, repr=False)
+    # E2EE=required|preferred|off, handed to the page in /api/video-calls/config.
+    e2ee: str = "preferred"
+    # -- HTTP hardening and operations (docs: README "Configuration", "Production notes") --
+    # TLS in the server itself (HTTPS and WSS, TLS >= 1.2) when both files are given.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # With TLS: a plain-HTTP port that only redirects to HTTPS (None: no plain listener).
+    http_redirect_port: int | None = None
+    # "json" (one object per line) or "text"; default json in production, text otherwise.
+    log_format: str = "text"
+    # Seconds an announced request body may take to arrive (then 408).
+    http_body_timeout: float = 10.0
+    # A started call whose room stayed empty this long is ended by the server (0 disables).
+    call_idle_end_minutes: float = 15.0
+    # Hardening of the WebSocket and media side (signaling/limits.py, relay/candidates.py).
+    relay_allowed_peer_ranges: tuple[str, ...] = ()  # CIDRs the relay may send ICE checks to
+    ws_max_pending_per_ip: int = 10
+    ws_max_connections_per_user: int = 3
+    ws_messages_per_second: float = 20.0
+    ws_message_burst: int = 40
     # Injected so time-window rules are testable without sleeping; never compared or printed.
     clock: Callable[[], datetime] = field(default=utc_now, compare=False, repr=False)
 
     @property
     def is_production(self) -> bool:
         return self.environment in PRODUCTION_NAMES
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert_file is not None and self.tls_key_file is not None
 
     @property
     def storage_backend(self) -> str:
@@ -88,7 +115,7 @@ class Config:
             host = "127.0.0.1"
         elif ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -114,6 +141,21 @@ class Config:
             )
 
         udp_ports = env.get_port_range("RELAY_UDP_PORTS")
+        metrics_token = env.get_str("METRICS_AUTH_TOKEN")
+        if is_production and metrics_token is None:
+            raise ConfigError(
+                "METRICS_AUTH_TOKEN is required in production: /metrics shows call ids and "
+                "roles; set a random token and give Prometheus the same one (deploy/prometheus)."
+            )
+        tls_cert, tls_key = env.get_file("TLS_CERT_FILE"), env.get_file("TLS_KEY_FILE")
+        if (tls_cert is None) != (tls_key is None):
+            raise ConfigError("TLS_CERT_FILE and TLS_KEY_FILE must be set together")
+        redirect_port = env.get_optional_int("HTTP_REDIRECT_PORT", minimum=0, maximum=65535)
+        if redirect_port is not None and tls_cert is None:
+            raise ConfigError("HTTP_REDIRECT_PORT needs TLS_CERT_FILE and TLS_KEY_FILE")
+        log_format = (env.get_str("LOG_FORMAT") or ("json" if is_production else "text")).lower()
+        if log_format not in LOG_FORMATS:
+            raise ConfigError(f"LOG_FORMAT must be json or text, got {log_format!r}")
         data_key = env.get_str("DATA_ENCRYPTION_KEY")
         if data_key is not None:
             try:
@@ -149,8 +191,23 @@ class Config:
             rate_limit_ws_per_min=env.get_int("RATE_LIMIT_WS_PER_MIN", 3, minimum=0),
             metrics_max_calls=env.get_int("METRICS_MAX_CALLS", 200, minimum=0),
             metrics_sample_interval=env.get_float("METRICS_SAMPLE_INTERVAL", 1.0, minimum=0.1),
-            metrics_auth_token=env.get_str("METRICS_AUTH_TOKEN"),
+            metrics_auth_token=metrics_token,
             data_encryption_key=data_key,
+            e2ee=_check_choice("E2EE", env.get_str("E2EE") or "preferred", E2EE_POLICIES),
+            tls_cert_file=tls_cert,
+            tls_key_file=tls_key,
+            http_redirect_port=redirect_port,
+            log_format=log_format,
+            http_body_timeout=env.get_float("HTTP_BODY_TIMEOUT", 10.0, minimum=0.1),
+            call_idle_end_minutes=env.get_float("CALL_IDLE_END_MINUTES", 15.0, minimum=0.0),
+            relay_allowed_peer_ranges=tuple(
+                _check_cidr("RELAY_ALLOWED_PEER_RANGES", r)
+                for r in env.get_list("RELAY_ALLOWED_PEER_RANGES")
+            ),
+            ws_max_pending_per_ip=env.get_int("WS_MAX_PENDING_PER_IP", 10, minimum=1),
+            ws_max_connections_per_user=env.get_int("WS_MAX_CONNECTIONS_PER_USER", 3, minimum=1),
+            ws_messages_per_second=env.get_float("WS_MESSAGES_PER_SECOND", 20.0, minimum=1.0),
+            ws_message_burst=env.get_int("WS_MESSAGE_BURST", 40, minimum=1),
         )
 
 
@@ -179,6 +236,19 @@ class _Env:
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
             raise ConfigError(f"{name} must be {bound}, got {value}")
         return value
+
+    def get_optional_int(self, name: str, *, minimum: int, maximum: int) -> int | None:
+        return (
+            None
+            if self.get_str(name) is None
+            else self.get_int(name, 0, minimum=minimum, maximum=maximum)
+        )
+
+    def get_file(self, name: str) -> str | None:
+        path = self.get_str(name)
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(f"{name} must name a readable file, got {path!r}")
+        return path
 
     def get_float(self, name: str, default: float, *, minimum: float) -> float:
         raw = self.get_str(name)
@@ -236,6 +306,22 @@ def _check_ice_url(name: str, value: str, schemes: tuple[str, ...]) -> str:
         raise ConfigError(
             f"{name} must be a {'/'.join(schemes)}: URL like stun:host:3478, got {value!r}"
         )
+    return value
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value.lower() not in choices:
+        raise ConfigError(f"{name} must be one of {'|'.join(choices)}, got {value!r}")
+    return value.lower()
+
+
+def _check_cidr(name: str, value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ConfigError(
+            f"{name} must contain CIDR ranges like 10.0.0.0/8, got {value!r}"
+        ) from None
     return value
 
 

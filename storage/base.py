@@ -232,6 +232,10 @@ class Storage(Protocol):
         None if the session does not exist.
         """
 
+    async def list_open_calls(self, *, limit: int = 500) -> list[SessionRecord]:
+        """Sessions whose call started and has not ended, oldest start first (the server ends
+        stale ones: `calls.service.CallService.end_stale_calls`)."""
+
     async def update_session(
         self,
         session_id: str,

@@ -259,6 +259,17 @@ class MongoStorage:
             update["sessionDate"] = to_utc_ms(session_date)
         return await self._session_after(session_id, {}, update)
 
+    async def list_open_calls(self, *, limit: int = 500) -> list[SessionRecord]:
+        query = {"videoCallStarted": {"$ne": None}, "videoCallEnded": None}
+        with _errors():
+            cursor = (
+                self.sessions.find(query)
+                .sort([("videoCallStarted", ASCENDING), ("_id", ASCENDING)])
+                .limit(limit)
+            )
+            docs = await cursor.to_list(None)
+        return [_session(d) for d in docs]
+
     async def list_history(
         self, user_id: str, role: str, *, page: int = 1, limit: int = 10
     ) -> HistoryPage:

@@ -490,6 +490,16 @@ class SQLiteStorage:
             (format_datetime(ended_at), duration_minutes, self._now(), session_id),
         )
 
+    async def list_open_calls(self, *, limit: int = 500) -> list[SessionRecord]:
+        rows = await self._run(
+            lambda c: c.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE video_call_started IS NOT NULL"
+                " AND video_call_ended IS NULL ORDER BY video_call_started, id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        )
+        return [_session(r) for r in rows]
+
     async def update_session(
         self,
         session_id: str,

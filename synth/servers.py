@@ -71,6 +71,9 @@ class RelayProcess:
             SQLITE_PATH=str(workdir / f"relay-{tag}.sqlite3"),
             RATE_LIMIT_API_PER_MIN="1000000",
             RATE_LIMIT_WS_PER_MIN="1000000",
+            # benchmark clients: many at once from one namespace address, on private ranges
+            WS_MAX_PENDING_PER_IP="100000",
+            RELAY_ALLOWED_PEER_RANGES="10.0.0.0/8",
         )
         settings.update(env or {})
         self.log_path = workdir / f"relay-{tag}.log"

@@ -206,3 +206,73 @@ def test_serve_refuses_production_without_secret(
     )
     assert result.returncode == 2
     assert "JWT_SECRET is required in production" in result.stderr
+
+
+def test_serve_refuses_production_without_metrics_token(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NODE_ENV", "production")
+    monkeypatch.delenv("METRICS_AUTH_TOKEN", raising=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "smiling_relay", "serve"],
+        cwd=REPO,
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "METRICS_AUTH_TOKEN is required in production" in result.stderr
+
+
+@pytest.fixture
+def production_server(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    monkeypatch.setenv("NODE_ENV", "production")
+    monkeypatch.setenv("METRICS_AUTH_TOKEN", "m" * 32)
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "smiling_relay",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=REPO,
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def test_serve_in_production_logs_json_lines_and_warns_without_tls(
+    production_server: tuple[subprocess.Popen[str], int],
+) -> None:
+    proc, port = production_server
+    await _wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+    url = f"http://127.0.0.1:{port}/healthz"
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(url, headers={"X-Request-ID": "cli-1"}) as resp,
+    ):
+        assert resp.headers["X-Request-ID"] == "cli-1"
+    proc.terminate()  # SIGTERM: a clean stop
+    output, _ = proc.communicate(timeout=15)
+    assert proc.returncode == 0, output
+    lines = [json.loads(line) for line in output.splitlines()]  # every line is one JSON object
+    assert any("TLS-terminating proxy MUST sit in front" in x["message"] for x in lines)
+    (access,) = [x for x in lines if x.get("request_id") == "cli-1"]
+    assert access["logger"] == "smiling_relay.access"
+    assert (access["method"], access["route"], access["status"]) == ("GET", "/healthz", 200)

@@ -72,6 +72,7 @@ def test_everything_parsed() -> None:
             "RELAY_UDP_PORTS": "40000-40999",
             "RATE_LIMIT_API_PER_MIN": "100",
             "RATE_LIMIT_WS_PER_MIN": "0",
+            "METRICS_AUTH_TOKEN": "metrics-token",
         }
     )
     assert config.is_production
@@ -160,3 +161,10 @@ def test_data_encryption_key_is_validated_and_never_printed() -> None:
     assert key not in repr(config)
     with pytest.raises(ConfigError, match="DATA_ENCRYPTION_KEY: key 'k1' must be 32 bytes"):
         Config.from_env({"JWT_SECRET": "x" * 40, "DATA_ENCRYPTION_KEY": "k1:c2hvcnQ="})
+
+
+def test_e2ee_policy_defaults_to_preferred_and_refuses_other_values() -> None:
+    assert Config.from_env({}).e2ee == "preferred"
+    assert Config.from_env({"E2EE": "Required"}).e2ee == "required"
+    with pytest.raises(ConfigError, match=r"E2EE must be one of required\|preferred\|off"):
+        Config.from_env({"E2EE": "maybe"})

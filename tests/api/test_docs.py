@@ -9,6 +9,7 @@ from aiohttp import web
 
 from api.admin import routes as admin_routes
 from api.health import routes as health_routes
+from api.ratings import routes as rating_routes
 from api.routes import routes as video_call_routes
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -17,7 +18,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 def _served() -> set[tuple[str, str]]:
     """The routes of this package's route tables (other packages document their own)."""
     routes = set()
-    for table in (video_call_routes, admin_routes, health_routes):
+    for table in (video_call_routes, admin_routes, health_routes, rating_routes):
         for definition in table:
             assert isinstance(definition, web.RouteDef)
             routes.add((definition.method.lower(), definition.path))
@@ -37,7 +38,7 @@ def _documented() -> set[tuple[str, str]]:
 
 def test_openapi_matches_routes() -> None:
     served = _served()
-    assert len(served) == 14
+    assert len(served) == 16
     assert served - _documented() == set()
     api_md = (DOCS / "api.md").read_text()
     for method, path in served:

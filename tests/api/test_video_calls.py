@@ -36,7 +36,15 @@ async def test_config_without_ice_settings_is_empty(client: Client, admin_token:
     data = await data_of(
         await client.get("/api/video-calls/config", headers=auth_headers(admin_token))
     )
-    assert data == {"iceServers": []}
+    assert data == {"iceServers": [], "e2ee": "preferred"}
+
+
+async def test_config_hands_the_e2ee_policy_to_the_page(
+    make_client: MakeClient, admin_token: str
+) -> None:
+    c = await make_client(e2ee="required")
+    data = await data_of(await c.get("/api/video-calls/config", headers=auth_headers(admin_token)))
+    assert data["e2ee"] == "required"
 
 
 async def test_config_lists_stun_and_static_turn(make_client: MakeClient, admin_token: str) -> None:

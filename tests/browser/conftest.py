@@ -138,7 +138,9 @@ async def serve(
     host = browser_netns.addresses[0]
 
     async def factory(**overrides: Any) -> Server:
-        app = create_app(dataclasses.replace(config, host=host, **overrides), storage)
+        # the relay may check Chromium's private namespace addresses (RELAY_ALLOWED_PEER_RANGES)
+        settings: dict[str, Any] = {"relay_allowed_peer_ranges": ("10.77.0.0/24",), **overrides}
+        app = create_app(dataclasses.replace(config, host=host, **settings), storage)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         runners.append(runner)

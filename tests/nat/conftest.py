@@ -91,7 +91,12 @@ async def serve_relay(
     runners: list[web.AppRunner] = []
 
     async def factory(**overrides: Any) -> RelayServer:
-        settings: dict[str, Any] = {"relay_bind_ips": (topology.RELAY_IP,), **overrides}
+        settings: dict[str, Any] = {
+            "relay_bind_ips": (topology.RELAY_IP,),
+            # the topology's addresses are documentation and private ranges, refused by default
+            "relay_allowed_peer_ranges": topology.PEER_RANGES,
+            **overrides,
+        }
         app = create_app(dataclasses.replace(config, **settings), storage)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()

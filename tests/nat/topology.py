@@ -29,6 +29,8 @@ from synth import netns
 RELAY_IP = "203.0.113.10"
 TURN_IP = "203.0.113.20"
 ANNOUNCED_IP = "203.0.113.99"  # the "public" address of the 1:1 NAT in front of the relay
+# Every address above and below, for RELAY_ALLOWED_PEER_RANGES (all non-global ranges).
+PEER_RANGES = ("203.0.113.0/24", "198.51.100.0/24", "10.0.0.0/16")
 
 
 @dataclass(frozen=True)

@@ -269,3 +269,26 @@ async def test_call_metrics(any_storage: Storage, clock: FakeClock) -> None:
     }
     with pytest.raises(ValueError, match="key"):
         await any_storage.upsert_call_metrics({}, {"x": 1})
+
+
+async def test_list_open_calls(any_storage: Storage, clock: FakeClock) -> None:
+    """Started, not ended calls, oldest start first (the stale-call check reads them)."""
+    client, psych = await _pair(any_storage)
+    sessions = [
+        await any_storage.create_session(
+            client_id=client.id,
+            psychologist_id=psych.id,
+            session_date=clock() + timedelta(hours=i),
+            status="Confirmed",
+            payment_status="Paid",
+        )
+        for i in range(4)
+    ]
+    never, later, ended, earlier = sessions
+    await any_storage.mark_started(later.id, clock() + timedelta(minutes=5))
+    await any_storage.mark_started(earlier.id, clock())
+    await any_storage.mark_started(ended.id, clock())
+    await any_storage.mark_ended(ended.id, clock() + timedelta(minutes=1), 1)
+    assert [s.id for s in await any_storage.list_open_calls()] == [earlier.id, later.id]
+    assert [s.id for s in await any_storage.list_open_calls(limit=1)] == [earlier.id]
+    assert never.id not in {s.id for s in await any_storage.list_open_calls()}

@@ -178,7 +178,11 @@ async def run_synth(*args: str, timeout: float = 60.0) -> tuple[int, str, str]: 
 
 @pytest.fixture
 async def relay_url(media_netns: netns.Netns, aiohttp_server: SERVER, make_app: AppFactory) -> str:
-    server: TestServer = await aiohttp_server(make_app(), host=media_netns.addresses[0])
+    server: TestServer = await aiohttp_server(
+        # the clients' namespace addresses (synth.netns, synth.impair) are private
+        make_app(relay_allowed_peer_ranges=("10.0.0.0/8",)),
+        host=media_netns.addresses[0],
+    )
     return f"http://{media_netns.addresses[0]}:{server.port}"
 
 

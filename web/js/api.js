@@ -89,6 +89,11 @@ export class ApiClient {
     return this.request("POST", `/api/video-calls/start/${encodeURIComponent(sessionId)}`, {});
   }
 
+  /** {message, rating: {rating, reasons, role, ratedAt}}; 409 ALREADY_RATED for a second one. */
+  rate(sessionId, rating, reasons = []) {
+    return this.request("POST", `/api/video-calls/rating/${encodeURIComponent(sessionId)}`, { rating, reasons });
+  }
+
   /** {message, duration, session: {status, callDuration, videoCallEnded}} */
   end(sessionId, endTime = new Date()) {
     const body = endTime ? { endTime: endTime.toISOString() } : {};

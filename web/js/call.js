@@ -5,6 +5,7 @@
 // CallSession holds the state and emits events; the ui/ modules only render it.
 
 import { AppError, FATAL_CODES, looksLikeCode } from "./errors.js";
+import { E2eeSession, canEncryptFrames } from "./e2ee.js";
 import { Emitter, delay } from "./events.js";
 import { LocalMedia } from "./media.js";
 import { PublisherConnection, SubscriberConnection, rtcConfiguration } from "./peer.js";
@@ -56,6 +57,9 @@ export class CallSession extends Emitter {
     this.api = api;
     this.signalingUrl = signalingUrl;
     this.relayOnly = relayOnly;
+    this.e2eePolicy = "preferred"; // from /config: required | preferred | off
+    this.e2ee = null; // E2eeSession of the current connection (null when the policy is off)
+    this.exposeE2eeKeys = false; // tests only: ?e2eeTestKeys=1
     this.phase = "idle";
     this.error = null; // the blocking error (phase "error")
     this.lastErrorCode = null; // the most recent error code of any kind
@@ -129,6 +133,10 @@ export class CallSession extends Emitter {
         this.room ? Promise.resolve(this.room) : this.api.generateRoom(this.sessionId),
       ]);
       this.iceServers = config?.iceServers ?? [];
+      this.e2eePolicy = ["required", "preferred", "off"].includes(config?.e2ee) ? config.e2ee : "preferred";
+      if (this.e2eePolicy === "required" && !canEncryptFrames()) {
+        throw new AppError("E2EE_UNSUPPORTED", "this browser cannot encrypt media end to end (RTCRtpScriptTransform)");
+      }
       this.room = room;
       this._resolveLocalName();
       this.emit("room", room);
@@ -185,6 +193,7 @@ export class CallSession extends Emitter {
     this.local.userId = identity.userId ?? this.local.userId;
     this.local.role = identity.role ?? this.local.role;
     this._resolveLocalName();
+    const e2ee = await this._startE2ee(signaling, generation);
 
     const joined = await signaling.request("join-room", { roomId: this.room.roomId }, { expect: "room-joined" });
     if (generation !== this._generation) throw new AppError("CANCELLED", "superseded");
@@ -192,9 +201,10 @@ export class CallSession extends Emitter {
     this.participants = new Map();
     for (const p of joined.participants ?? []) this._addParticipant(p);
     this._emitParticipants();
+    e2ee?.setPeers(joined.participants ?? []);
 
     const rtcConfig = rtcConfiguration(this.iceServers, { relayOnly: this.relayOnly });
-    const publisher = new PublisherConnection({ rtcConfig, signaling });
+    const publisher = new PublisherConnection({ rtcConfig, signaling, e2ee });
     this.publisher = publisher;
     publisher.on("state", (state) => this._onIceState("publisher", state, generation));
     const connected = waitConnected(publisher, PUBLISHER_CONNECT_TIMEOUT_MS);
@@ -217,12 +227,45 @@ export class CallSession extends Emitter {
     this._maybeStartCall();
   }
 
+  /** The connection's key exchange (a new key pair per connection); null when the policy is off. */
+  async _startE2ee(signaling, generation) {
+    this.e2ee?.close();
+    this.e2ee = null;
+    if (this.e2eePolicy === "off") {
+      this.emit("e2ee", null);
+      return null;
+    }
+    const e2ee = new E2eeSession({
+      policy: this.e2eePolicy,
+      signaling,
+      socketId: this.local.socketId,
+      exposeKeys: this.exposeE2eeKeys,
+    });
+    await e2ee.start();
+    if (generation !== this._generation) {
+      e2ee.close();
+      throw new AppError("CANCELLED", "superseded");
+    }
+    this.e2ee = e2ee;
+    e2ee.on("change", (state) => this.emit("e2ee", state));
+    e2ee.on("code-changed", () => {
+      this._announce("The security code changed. Compare the new code with the others in the call.");
+      this.emit("notice", { kind: "info", text: "The security code changed: compare the new code with the others." });
+    });
+    signaling.on("e2ee-key", (data) => {
+      if (generation === this._generation) void e2ee.handleMessage(data);
+    });
+    this.emit("e2ee", e2ee.state());
+    return e2ee;
+  }
+
   _wireSignaling(signaling, generation) {
     const current = () => generation === this._generation && this.signaling === signaling;
     signaling.on("user-joined", (p) => {
       if (!current()) return;
       this._addParticipant(p);
       this._emitParticipants();
+      this.e2ee?.peerJoined(p);
       this._announce(`${displayName(this.participants.get(p.socketId))} joined the call.`);
       this._maybeStartCall();
     });
@@ -232,6 +275,7 @@ export class CallSession extends Emitter {
       if (!p) return;
       this.participants.delete(socketId);
       this._emitParticipants();
+      this.e2ee?.peerLeft(socketId);
       if (reason !== "replaced") {
         const why = reason === "left" ? "left the call" : "lost their connection";
         this._announce(`${displayName(p)} ${why}.`);
@@ -293,6 +337,7 @@ export class CallSession extends Emitter {
     const subscriber = new SubscriberConnection({
       rtcConfig: rtcConfiguration(this.iceServers, { relayOnly: this.relayOnly }),
       signaling,
+      e2ee: this.e2ee,
     });
     this.subscriber = subscriber;
     subscriber.on("state", (state) => this._onIceState("subscriber", state, generation));
@@ -492,6 +537,8 @@ export class CallSession extends Emitter {
       status: result?.session?.status ?? null,
       endedAt,
       error,
+      // Only a call that took place can be rated (the server refuses the others).
+      rateable: wasInCall && startedAt != null,
     };
     this._setPhase("ended");
     this._announce("The call has ended.");
@@ -535,7 +582,8 @@ export class CallSession extends Emitter {
     this.publisher?.close();
     this.subscriber?.close();
     this.signaling?.close();
-    this.publisher = this.subscriber = this.signaling = null;
+    this.e2ee?.close();
+    this.publisher = this.subscriber = this.signaling = this.e2ee = null;
   }
 
   _fail(err) {

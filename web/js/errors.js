@@ -156,6 +156,11 @@ const MESSAGES = {
     text: "Please open the link in an up-to-date Chrome, Edge, Firefox or Safari, over https.",
     action: "none",
   },
+  E2EE_UNSUPPORTED: {
+    title: "This browser can't encrypt the call end to end",
+    text: "This service requires end-to-end encrypted calls. Please join from an up-to-date Chrome, Edge or Firefox.",
+    action: "none",
+  },
   VALIDATION_ERROR: {
     title: "Something went wrong",
     text: "The request was not accepted. Please reload the page and try again.",
@@ -199,6 +204,7 @@ export const FATAL_CODES = new Set([
   "REPLACED",
   "PAYMENT_PENDING",
   "SESSION_NOT_CONFIRMED",
+  "E2EE_UNSUPPORTED",
 ]);
 
 /** Is `s` a machine code like PAYMENT_PENDING rather than a sentence? */

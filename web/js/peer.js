@@ -6,6 +6,7 @@
 // * SubscriberConnection — the relay offers, with a track map (mid → participant); we answer and
 //   group the receivers' tracks per participant for the video tiles.
 
+import { E2eeSession } from "./e2ee.js";
 import { AppError } from "./errors.js";
 import { Emitter } from "./events.js";
 
@@ -86,8 +87,9 @@ class RelayConnection extends Emitter {
 }
 
 export class PublisherConnection extends RelayConnection {
-  constructor({ rtcConfig, signaling }) {
+  constructor({ rtcConfig, signaling, e2ee = null }) {
     super({ target: "publisher", rtcConfig, signaling });
+    this.e2ee = e2ee; // E2eeSession when this page encrypts its frames
     this.audio = null; // RTCRtpTransceiver
     this.video = null;
     this._answered = null;
@@ -101,6 +103,13 @@ export class PublisherConnection extends RelayConnection {
     const streams = stream ? [stream] : [];
     this.audio = this.pc.addTransceiver(audio ?? "audio", { direction: "sendonly", streams });
     this.video = this.pc.addTransceiver(video ?? "video", { direction: "sendonly", streams });
+    if (this.e2ee?.worker) {
+      // Encrypted frames need the codecs whose clear prefix the worker knows (VP8, Opus).
+      E2eeSession.preferCodecs(this.audio, "audio");
+      E2eeSession.preferCodecs(this.video, "video");
+      this.e2ee.attachSender(this.audio.sender, "audio");
+      this.e2ee.attachSender(this.video.sender, "video");
+    }
     let timer;
     const answered = new Promise((resolve, reject) => {
       this._answered = { resolve, reject };
@@ -165,11 +174,15 @@ export class PublisherConnection extends RelayConnection {
 }
 
 export class SubscriberConnection extends RelayConnection {
-  constructor({ rtcConfig, signaling }) {
+  constructor({ rtcConfig, signaling, e2ee = null }) {
     super({ target: "subscriber", rtcConfig, signaling });
     this.trackMap = new Map(); // mid → {kind, socketId, userId}
     this._queue = Promise.resolve();
-    this.pc.addEventListener("track", () => this._publish());
+    this.pc.addEventListener("track", (ev) => {
+      // Before the first frame arrives: every receiver decrypts (clear frames pass when allowed).
+      if (e2ee?.worker) e2ee.attachReceiver(ev.receiver, ev.track.kind);
+      this._publish();
+    });
   }
 
   /** The relay's offer (first one or a renegotiation): answer it, then publish the track groups. */

@@ -13,6 +13,11 @@ export function installTestHook(app) {
     get view() {
       return document.body.dataset.view ?? null;
     },
+    /** The waiting room's pre-call check: {camera, microphone, level, maxLevel, levelChanges, verdict, network}. */
+    get precheck() {
+      const check = app.waitingRoom?.precheck;
+      return check ? JSON.parse(JSON.stringify(check.state)) : null;
+    },
     get sessionId() {
       return app.session?.sessionId ?? null;
     },
@@ -53,6 +58,16 @@ export function installTestHook(app) {
     },
     get quality() {
       return app.session?.quality.latest ?? null;
+    },
+    /** End-to-end encryption: {policy, mode, code, keyId, peers, frames…}, or {mode: "off"}. */
+    get e2ee() {
+      const s = app.session;
+      if (!s) return null;
+      return s.e2ee?.state() ?? { policy: s.e2eePolicy, mode: s.e2eePolicy === "off" ? "off" : "none" };
+    },
+    /** Only on a page opened with ?e2eeTestKeys=1 (tests): the raw key material it holds. */
+    e2eeTestKeys() {
+      return app.session?.e2ee?.exportKeysForTest() ?? null;
     },
     get reconnects() {
       return app.session?.reconnects ?? 0;

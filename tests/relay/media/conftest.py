@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -10,6 +11,7 @@ from aiohttp.test_utils import TestServer
 
 from relay.sfu import Relay
 from smiling_relay.app import RELAY_KEY
+from smiling_relay.config import Config
 from storage.base import Storage
 from synth import netns
 from synth.client import CallClient
@@ -18,6 +20,8 @@ from tests.helpers import Booking, BookingFactory
 from tests.relay.helpers import open_room
 
 ClientMaker = Callable[..., Awaitable[CallClient]]
+# synth.netns.ADDR_A/ADDR_B, and synth.impair's client namespaces (10.213.N.0/24)
+NAMESPACE_RANGES = ("10.77.0.0/24", "10.213.0.0/16")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,6 +32,12 @@ def media_netns() -> netns.Netns:
     if reason is not None:
         pytest.skip(reason)
     return netns.enter_process_netns()
+
+
+@pytest.fixture
+def config(config: Config) -> Config:
+    """The relay may check the namespace's private addresses (RELAY_ALLOWED_PEER_RANGES)."""
+    return dataclasses.replace(config, relay_allowed_peer_ranges=NAMESPACE_RANGES)
 
 
 @pytest.fixture

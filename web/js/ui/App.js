@@ -9,6 +9,7 @@ import { CallControls } from "./CallControls.js";
 import { CallSummary } from "./CallSummary.js";
 import { CallTimer } from "./CallTimer.js";
 import { ConnectionStatus } from "./ConnectionStatus.js";
+import { EncryptionStatus } from "./EncryptionStatus.js";
 import { ErrorDisplay } from "./ErrorDisplay.js";
 import { NetworkQualityIndicator } from "./NetworkQualityIndicator.js";
 import { ParticipantList } from "./ParticipantList.js";
@@ -39,6 +40,7 @@ export class App {
     this.reconnectOverlay = $("reconnect-overlay");
     this.endDialog = $("end-dialog");
     this.status = new ConnectionStatus($("topbar-status"));
+    this.encryption = new EncryptionStatus(doc.querySelector(".stage-wrap"));
     this.quality = new NetworkQualityIndicator($("topbar-status"));
     this.timer = new CallTimer($("topbar-status"));
     this.video = new VideoDisplay($("stage"));
@@ -48,8 +50,13 @@ export class App {
       onRetry: () => this.retry(),
       onSignIn: () => this.showSignIn({ reason: null, forget: true }),
     });
-    this.waitingRoom = new WaitingRoom(this.views.waiting, { onCheckNow: () => this.session?.recheck() });
-    this.summary = new CallSummary(this.views.summary);
+    this.waitingRoom = new WaitingRoom(this.views.waiting, {
+      onCheckNow: () => this.session?.recheck(),
+      getIceServers: async () => (await this.session.api.config())?.iceServers ?? [],
+    });
+    this.summary = new CallSummary(this.views.summary, {
+      onRate: (rating, reasons) => this.session.api.rate(this.session.sessionId, rating, reasons),
+    });
     this.signIn = new SignIn(this.views.signin, { onSubmit: (v) => this.onSignedIn(v) });
     this.controls = new CallControls(this.controlsRoot, {
       onToggleAudio: () => this.session?.toggleAudio(),
@@ -112,7 +119,9 @@ export class App {
       signalingUrl: defaultSignalingUrl(),
       relayOnly: params.get("relayOnly") === "1",
     });
+    session.exposeE2eeKeys = params.get("e2eeTestKeys") === "1";
     this.session = session;
+    session.on("e2ee", (state) => this.encryption.update(state));
     session.on("phase", (phase) => this.onPhase(phase));
     session.on("participants", () => this.renderCall());
     session.on("media", () => this.renderCall());

@@ -2,14 +2,18 @@
 // minutes before the session) and re-checks with the server by itself.
 
 import { clear, durationInWords, formatDuration, h, icon } from "./dom.js";
+import { PreCallCheck } from "./PreCallCheck.js";
 
 const TIME = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
 const DATE = new Intl.DateTimeFormat(undefined, { weekday: "long", day: "numeric", month: "long" });
 
 export class WaitingRoom {
-  constructor(root, { onCheckNow }) {
+  /** `getIceServers()` (the call's ICE servers) enables the pre-call check. */
+  constructor(root, { onCheckNow, getIceServers = null }) {
     this.root = root;
     this.onCheckNow = onCheckNow;
+    this.getIceServers = getIceServers;
+    this.precheck = null;
     this._interval = null;
   }
 
@@ -45,6 +49,11 @@ export class WaitingRoom {
         h("p", { class: "muted", text: "This page checks again by itself and lets you in as soon as the call opens. You can leave it open." }),
         h("div", { class: "actions" }, h("button", { type: "button", class: "button", id: "check-now", text: "Check again now", onclick: () => this.onCheckNow() })),
       );
+      if (this.getIceServers) {
+        this.precheck?.stop();
+        this.precheck = new PreCallCheck({ getIceServers: this.getIceServers });
+        this.card.append(this.precheck.el);
+      }
       this.root.append(this.card);
       heading.focus();
     }
@@ -66,5 +75,7 @@ export class WaitingRoom {
   hide() {
     clearInterval(this._interval);
     this._interval = null;
+    // The call takes the camera and microphone next.
+    this.precheck?.stop();
   }
 }
