@@ -169,24 +169,31 @@ async def _healthz(url: str, proc: subprocess.Popen[str], deadline_s: float = 30
     return None
 
 
-async def test_serve_starts_and_answers(env: Path) -> None:
-    # `serve` announces the configured port, not a bound one, so the test picks a free port;
-    # if another process takes it first the server exits with "address in use": pick again
-    # (bounded), instead of failing on someone else's race.
+async def _serving() -> tuple[subprocess.Popen[str], int]:
+    """`serve` running on a free port, answering /healthz.
+
+    `serve` announces the configured port, not a bound one, so the test picks a free port; if
+    another process takes it first the server exits with "address in use": pick again (bounded)
+    instead of failing on someone else's race.
+    """
     for _ in range(3):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
         proc = _start_serve(port)
-        try:
-            body = await _healthz(f"http://127.0.0.1:{port}/healthz", proc)
-        finally:
-            output = _stop(proc)
-        if body is not None:
-            break
+        if await _healthz(f"http://127.0.0.1:{port}/healthz", proc) is not None:
+            return proc, port
+        output = _stop(proc)
         assert "address already in use" in output.lower(), output
-    else:
-        raise AssertionError("three free ports were all taken before the server bound them")
+    raise AssertionError("three free ports were all taken before the server bound them")
+
+
+async def test_serve_starts_and_answers(env: Path) -> None:
+    proc, port = await _serving()
+    try:
+        body = await _healthz(f"http://127.0.0.1:{port}/healthz", proc)
+    finally:
+        output = _stop(proc)
     assert body == {"success": True, "data": {"status": "ok", "storage": "sqlite"}}
     assert f"serving on http://127.0.0.1:{port}" in output
 
@@ -225,51 +232,25 @@ def test_serve_refuses_production_without_metrics_token(
     assert "METRICS_AUTH_TOKEN is required in production" in result.stderr
 
 
-@pytest.fixture
-def production_server(
+async def test_serve_in_production_logs_json_lines_and_warns_without_tls(
     env: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[subprocess.Popen[str], int]]:
+) -> None:
     monkeypatch.setenv("NODE_ENV", "production")
     monkeypatch.setenv("METRICS_AUTH_TOKEN", "m" * 32)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smiling_relay",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=REPO,
-        env={**os.environ},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, port = await _serving()
+    url = f"http://127.0.0.1:{port}/healthz"
     try:
-        yield proc, port
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url, headers={"X-Request-ID": "cli-1"}) as resp,
+        ):
+            assert resp.headers["X-Request-ID"] == "cli-1"
+        proc.terminate()  # SIGTERM: a clean stop
+        output, _ = proc.communicate(timeout=15)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-async def test_serve_in_production_logs_json_lines_and_warns_without_tls(
-    production_server: tuple[subprocess.Popen[str], int],
-) -> None:
-    proc, port = production_server
-    await _wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
-    url = f"http://127.0.0.1:{port}/healthz"
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(url, headers={"X-Request-ID": "cli-1"}) as resp,
-    ):
-        assert resp.headers["X-Request-ID"] == "cli-1"
-    proc.terminate()  # SIGTERM: a clean stop
-    output, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, output
     lines = [json.loads(line) for line in output.splitlines()]  # every line is one JSON object
     assert any("TLS-terminating proxy MUST sit in front" in x["message"] for x in lines)

@@ -75,6 +75,24 @@ async def until(
         await asyncio.sleep(every)
 
 
+# Prometheus is started on port 0: it binds a free port itself and logs it, so no port is
+# probed for and then raced for.
+PROMETHEUS_PORT_ARGS = ("--web.listen-address=127.0.0.1:0", "--log.level=info")
+
+
+async def listening_port(process: asyncio.subprocess.Process, log_path: Path) -> int:
+    """The port a Prometheus started with PROMETHEUS_PORT_ARGS says it listens on."""
+
+    async def listening() -> int | None:
+        text = await asyncio.to_thread(log_path.read_text)
+        assert process.returncode is None, text
+        found = re.search(r'msg="Listening on" address=127\.0\.0\.1:(\d+)', text)
+        return int(found[1]) if found else None
+
+    port: int = await until(listening, "Prometheus to say where it listens", limit=30)
+    return port
+
+
 @dataclass
 class Prometheus:
     url: str
@@ -126,28 +144,17 @@ scrape_configs:
     )
     log_path = tmp_path / "prometheus.log"
     log = log_path.open("w")
-    # port 0: Prometheus binds a free port itself and logs it ("Listening on" address=…), so
-    # no port is probed for and then raced for
     process = await asyncio.create_subprocess_exec(
         PROMETHEUS,
         f"--config.file={config}",
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        "--web.listen-address=127.0.0.1:0",
-        "--log.level=info",
+        *PROMETHEUS_PORT_ARGS,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
     try:
-
-        async def listening() -> int | None:
-            assert process.returncode is None, log_path.read_text()
-            found = re.search(
-                r'msg="Listening on" address=127\.0\.0\.1:(\d+)', log_path.read_text()
-            )
-            return int(found[1]) if found else None
-
-        port = await until(listening, "Prometheus to say where it listens", limit=30)
+        port = await listening_port(process, log_path)
         prom = Prometheus(f"http://127.0.0.1:{port}", session)
 
         async def ready() -> bool:
