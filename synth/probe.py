@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
@@ -168,6 +168,8 @@ class VideoProbe(_ProbeBase):
         freezes: list of :class:`Freeze` (gap between new frames > freeze_threshold_ms).
         first_frame_at / first_pattern_at / last_frame_at: wall-clock seconds or None.
         records: recent :class:`FrameRecord` (bounded deque).
+        last_frame: the last received frame itself (the picture of a source that paints no
+            pattern, e.g. a browser's camera).
         resolutions_seen: set of (width, height).
     """
 
@@ -202,6 +204,7 @@ class VideoProbe(_ProbeBase):
         self._last_new_at: float | None = None
         self._last_index: int | None = None
         self.frames_wrong_source = 0
+        self.last_frame: av.VideoFrame | None = None
 
     def _feed_any(self, frame: Any, arrival: float) -> None:
         self.feed(frame, arrival)
@@ -211,6 +214,7 @@ class VideoProbe(_ProbeBase):
         if arrival is None:
             arrival = time.time()
         info = read_pattern(frame)
+        self.last_frame = frame  # a source without a pattern (a browser camera) is told by it
         self.record(info, arrival, frame.width, frame.height)
         return info
 
@@ -397,6 +401,11 @@ class AudioProbe(_ProbeBase):
     def heard_source_slot(self) -> int | None:
         """``source_id % 40`` of the loudest source tone (useful with ``source_id=None``)."""
         return self.detector.heard_source_slot
+
+    @property
+    def heard_slots(self) -> Counter[int]:
+        """100 ms windows in which each source slot (``source_id % 40``) was the tone heard."""
+        return self.detector.heard_slots
 
     def latency_stats(self) -> dict[str, float | None]:
         values = self.mark_latencies_ms

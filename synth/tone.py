@@ -31,7 +31,7 @@ belongs to, taken as the wall-clock mark instant such that the latency lies in
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import av
@@ -200,7 +200,8 @@ class MarkDetector:
     wall-clock time in seconds) or :meth:`feed_samples`. Results:
     :attr:`marks`, :attr:`latencies_ms`, :attr:`tone_present`,
     :attr:`tone_amplitude` (of the expected tone, or of the strongest source tone
-    when no source is given), :attr:`heard_source_slot`. Cost: ~20-30 us per 20 ms frame.
+    when no source is given), :attr:`heard_source_slot`, :attr:`heard_slots` (windows per
+    slot heard, every window so far). Cost: ~20-30 us per 20 ms frame.
     """
 
     def __init__(
@@ -255,6 +256,9 @@ class MarkDetector:
         self._tn_cos = np.cos(wt * m)
         self._tn_sin = np.sin(wt * m)
         self.heard_tone_hz: int | None = None
+        # how many 100 ms windows each source slot was the tone heard in: who was heard, and
+        # whether anyone else ever was
+        self.heard_slots: Counter[int] = Counter()
         self._buf = np.zeros(0)  # recent samples: 2 consumed blocks + unconsumed tail
         self._buf_t = np.zeros(0)  # arrival time of each sample in _buf
         self._next_block = 0  # index in _buf of the next unprocessed block
@@ -371,6 +375,8 @@ class MarkDetector:
             present = self.tone_amplitude >= self.min_tone_amplitude
             self._tone_history.append(present)
             self.heard_tone_hz = self._tone_freqs[best] if present else None
+            if self.heard_tone_hz is not None:
+                self.heard_slots[(self.heard_tone_hz - 300) // 20] += 1
 
     # -- results -----------------------------------------------------------
     @property

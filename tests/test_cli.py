@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -124,16 +123,8 @@ def test_synth_extension_point(
     assert seen == [["--x", "1", "probe", "-h"]]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def server(env: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
-    port = _free_port()
-    proc = subprocess.Popen(
+def _start_serve(port: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -150,26 +141,24 @@ def server(env: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
         stderr=subprocess.STDOUT,
         text=True,
     )
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.terminate()
     try:
-        yield proc, port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        output, _ = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    return output
 
 
-async def _wait_healthy(url: str, proc: subprocess.Popen[str], deadline_s: float = 30) -> dict:
+async def _healthz(url: str, proc: subprocess.Popen[str], deadline_s: float = 30) -> dict | None:
+    """The `/healthz` body once the server answers; None if the process exited first."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + deadline_s
     async with aiohttp.ClientSession() as http:
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"server exited early: {proc.stdout.read() if proc.stdout else ''}"
-                )
+        while proc.poll() is None:
             try:
                 async with http.get(url) as resp:
                     return dict(await resp.json())
@@ -177,14 +166,35 @@ async def _wait_healthy(url: str, proc: subprocess.Popen[str], deadline_s: float
                 if loop.time() > deadline:
                     raise
                 await asyncio.sleep(0.1)  # polling for readiness, not standing in for it
+    return None
 
 
-async def test_serve_starts_and_answers(server: tuple[subprocess.Popen[str], int]) -> None:
-    proc, port = server
-    body = await _wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
+async def _serving() -> tuple[subprocess.Popen[str], int]:
+    """`serve` running on a free port, answering /healthz.
+
+    `serve` announces the configured port, not a bound one, so the test picks a free port; if
+    another process takes it first the server exits with "address in use": pick again (bounded)
+    instead of failing on someone else's race.
+    """
+    for _ in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        proc = _start_serve(port)
+        if await _healthz(f"http://127.0.0.1:{port}/healthz", proc) is not None:
+            return proc, port
+        output = _stop(proc)
+        assert "address already in use" in output.lower(), output
+    raise AssertionError("three free ports were all taken before the server bound them")
+
+
+async def test_serve_starts_and_answers(env: Path) -> None:
+    proc, port = await _serving()
+    try:
+        body = await _healthz(f"http://127.0.0.1:{port}/healthz", proc)
+    finally:
+        output = _stop(proc)
     assert body == {"success": True, "data": {"status": "ok", "storage": "sqlite"}}
-    proc.terminate()
-    output, _ = proc.communicate(timeout=15)
     assert f"serving on http://127.0.0.1:{port}" in output
 
 
@@ -222,51 +232,25 @@ def test_serve_refuses_production_without_metrics_token(
     assert "METRICS_AUTH_TOKEN is required in production" in result.stderr
 
 
-@pytest.fixture
-def production_server(
+async def test_serve_in_production_logs_json_lines_and_warns_without_tls(
     env: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[subprocess.Popen[str], int]]:
+) -> None:
     monkeypatch.setenv("NODE_ENV", "production")
     monkeypatch.setenv("METRICS_AUTH_TOKEN", "m" * 32)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "smiling_relay",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        cwd=REPO,
-        env={**os.environ},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc, port = await _serving()
+    url = f"http://127.0.0.1:{port}/healthz"
     try:
-        yield proc, port
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url, headers={"X-Request-ID": "cli-1"}) as resp,
+        ):
+            assert resp.headers["X-Request-ID"] == "cli-1"
+        proc.terminate()  # SIGTERM: a clean stop
+        output, _ = proc.communicate(timeout=15)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-
-
-async def test_serve_in_production_logs_json_lines_and_warns_without_tls(
-    production_server: tuple[subprocess.Popen[str], int],
-) -> None:
-    proc, port = production_server
-    await _wait_healthy(f"http://127.0.0.1:{port}/healthz", proc)
-    url = f"http://127.0.0.1:{port}/healthz"
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(url, headers={"X-Request-ID": "cli-1"}) as resp,
-    ):
-        assert resp.headers["X-Request-ID"] == "cli-1"
-    proc.terminate()  # SIGTERM: a clean stop
-    output, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, output
     lines = [json.loads(line) for line in output.splitlines()]  # every line is one JSON object
     assert any("TLS-terminating proxy MUST sit in front" in x["message"] for x in lines)

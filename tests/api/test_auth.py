@@ -20,6 +20,11 @@ async def test_http_accepts_both_headers(client: Client, make_token: TokenFactor
     for headers in ({"x-auth-token": token}, {"Authorization": f"Bearer {token}"}):
         resp = await client.get("/api/video-calls/config", headers=headers)
         assert resp.status == 200
+        body = await resp.json()
+        assert body["success"] is True and body["data"]["iceServers"] == [], body
+    # the token identifies the caller: its history is asked for by its id, and it is empty
+    resp = await client.get("/api/video-calls/history", headers={"x-auth-token": token})
+    assert (await resp.json())["data"]["pagination"]["total"] == 0
 
 
 async def test_http_unknown_user_is_trusted_by_signature(
@@ -30,6 +35,8 @@ async def test_http_unknown_user_is_trusted_by_signature(
         "/api/video-calls/history", headers={"x-auth-token": make_token(USER, "client")}
     )
     assert resp.status == 200
+    data = (await resp.json())["data"]
+    assert data["callHistory"] == [] and data["pagination"]["total"] == 0
 
 
 @pytest.mark.parametrize(
@@ -66,6 +73,7 @@ async def test_http_wrong_secret_and_alg_none(client: Client, clock: FakeClock) 
         + _b64({"user": {"id": USER, "role": "admin"}, "exp": exp})
         + "."
     )
-    for token in (forged, unsigned):
+    for token, reason in ((forged, auth.INVALID_SIGNATURE), (unsigned, auth.INVALID_ALGORITHM)):
         resp = await client.post("/api/admin/users", headers={"x-auth-token": token}, json={})
-        await error_of(resp, 401)
+        error = await error_of(resp, 401)
+        assert (error["code"], error["details"]["reason"]) == ("UNAUTHORIZED", reason), error

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -64,22 +66,36 @@ def _app_raising(exc: Exception, config: Config) -> web.Application:
     return app
 
 
-async def test_internal_error_hides_details(aiohttp_client, config: Config) -> None:
+async def test_internal_error_hides_details(
+    aiohttp_client, config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
     client = await aiohttp_client(_app_raising(RuntimeError("secret path /etc/x"), config))
-    resp = await client.get("/boom")
+    with caplog.at_level(logging.ERROR, logger="api.errors"):
+        resp = await client.get("/boom")
     error = await error_of(resp, 500)
     assert error["code"] == "INTERNAL_ERROR"
     text = await resp.text()
     assert "secret" not in text
     assert "Traceback" not in text
+    # ... but the operator gets it all: the request, and the traceback of the exception
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "GET /boom" in record.getMessage()
+    assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+    assert "Traceback" in caplog.text and "secret path /etc/x" in caplog.text
 
 
-async def test_storage_failure_is_503(aiohttp_client, config: Config) -> None:
+async def test_storage_failure_is_503(
+    aiohttp_client, config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
     client = await aiohttp_client(_app_raising(StorageError("db down at 10.0.0.5"), config))
-    resp = await client.get("/boom")
+    with caplog.at_level(logging.ERROR, logger="api.errors"):
+        resp = await client.get("/boom")
     error = await error_of(resp, 503)
     assert error["code"] == "SERVICE_UNAVAILABLE"
     assert "10.0.0.5" not in await resp.text()
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], StorageError)
+    assert "db down at 10.0.0.5" in caplog.text
 
 
 async def test_health(client: Client) -> None:

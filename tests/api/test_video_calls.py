@@ -64,9 +64,7 @@ async def test_config_lists_stun_and_static_turn(make_client: MakeClient, admin_
 async def test_config_turn_rest_credentials(
     make_client: MakeClient, make_token: TokenFactory, clock: FakeClock
 ) -> None:
-    import base64
-    import hashlib
-    import hmac
+    from calls.ice_servers import turn_rest_credentials
 
     c = await make_client(
         turn_server_url="turn:turn.example.org:3478",
@@ -81,10 +79,11 @@ async def test_config_turn_rest_credentials(
     expiry, user = server["username"].split(":")
     assert user == "1" * 24
     assert int(expiry) == int(clock().timestamp()) + 600
-    expected = base64.b64encode(
-        hmac.new(b"s3cret", server["username"].encode(), hashlib.sha1).digest()
-    ).decode()
-    assert server["credential"] == expected
+    # the same credential as the function whose known answers tests/calls/test_ice_servers.py
+    # checks (HMAC-SHA1 computed by openssl)
+    assert (server["username"], server["credential"]) == turn_rest_credentials(
+        "s3cret", "1" * 24, int(expiry)
+    )
 
 
 # -- can-join -------------------------------------------------------------------------------
@@ -411,15 +410,25 @@ async def test_session_details(client: Client, booking_factory: BookingFactory) 
     assert session["paymentStatus"] == "Paid"
     assert session["client"]["name"] == b.client.name
     assert session["psychologist"]["id"] == b.psychologist.id
-    for field in (
-        "meetingLink",
-        "isVideoCall",
-        "videoCallStarted",
-        "videoCallEnded",
-        "callDuration",
-    ):
-        assert field in session
-    assert session["canJoin"] is True
+    # no room generated, no call yet: the values, not only the keys
+    assert {
+        k: session[k]
+        for k in (
+            "meetingLink",
+            "isVideoCall",
+            "videoCallStarted",
+            "videoCallEnded",
+            "callDuration",
+        )
+    } == {
+        "meetingLink": None,
+        "isVideoCall": True,
+        "videoCallStarted": None,
+        "videoCallEnded": None,
+        "callDuration": None,
+    }
+    assert session["sessionDate"] == format_datetime(b.session.session_date)
+    assert session["canJoin"] is True and session["reason"] is None
 
 
 async def test_history_is_per_caller_and_paginated(
@@ -457,13 +466,21 @@ async def test_history_is_per_caller_and_paginated(
 
 
 async def test_admin_without_user_record_can_act(
-    client: Client, booking_factory: BookingFactory, make_token: TokenFactory
+    client: Client, booking_factory: BookingFactory, make_token: TokenFactory, storage: Storage
 ) -> None:
     b = await booking_factory()
     token = make_token(ADMIN_ID, "admin")
-    await data_of(
+    started = await data_of(
         await client.post(f"/api/video-calls/start/{b.session.id}", headers=auth_headers(token))
     )
+    assert started["alreadyStarted"] is False
+    assert started["session"]["status"] == "In Progress"
+    stored = await storage.get_session(b.session.id)
+    assert stored is not None and stored.status == "In Progress"
+    starts = [
+        e for e in await storage.list_audit(session_id=b.session.id) if e.action == "call_start"
+    ]
+    assert [(e.user_id, e.role) for e in starts] == [(ADMIN_ID, "admin")], starts
 
 
 async def test_api_over_mongodb_backend(

@@ -76,6 +76,10 @@ STATS_INIT_SCRIPT = """
           out.audio.bytesReceived += s.bytesReceived || 0;
           if ((s.packetsReceived || 0) > 0) out.audio.tracks += 1;
         }
+        if (s.type === "inbound-rtp" && s.kind === "audio") {
+          const energy = out.audio.totalAudioEnergy || 0;
+          out.audio.totalAudioEnergy = energy + (s.totalAudioEnergy || 0);
+        }
         if (s.type === "outbound-rtp") out.outbound[s.kind] += s.bytesSent || 0;
       });
     }
@@ -155,9 +159,31 @@ async def server(serve: ServerFactory) -> Server:
     return await serve()
 
 
+# A fake camera per participant: a solid colour the other side can recognise in its decoded
+# picture (`pages.remote_colours`). (Y, U, V) in BT.601 studio range.
+CAMERA_COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (81, 90, 240),
+    "blue": (41, 240, 110),
+    "green": (145, 54, 34),
+}
+
+
+def write_fake_camera(path: Path, colour: str, width: int = 320, height: int = 240) -> Path:
+    """A Y4M clip of one solid colour (Chromium loops it as its fake camera)."""
+    y, u, v = CAMERA_COLOURS[colour]
+    frame = bytes([y]) * (width * height) + bytes([u]) * (width * height // 4)
+    frame += bytes([v]) * (width * height // 4)
+    with path.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode())
+        for _ in range(30):
+            out.write(b"FRAME\n" + frame)
+    return path
+
+
 @dataclass
 class Browsers:
-    """A Chromium for one test; `page()` opens a fresh context (one participant) on it."""
+    """A Chromium for one test; `page()` opens a fresh context (one participant) on it, or on a
+    Chromium of its own when the participant needs its own camera picture (`camera=`)."""
 
     playwright: Playwright
     browser: Browser
@@ -165,6 +191,7 @@ class Browsers:
     name: str
     contexts: list[BrowserContext] = field(default_factory=list)
     console: dict[str, list[str]] = field(default_factory=dict)
+    own_browsers: list[Browser] = field(default_factory=list)
 
     async def page(
         self,
@@ -172,13 +199,25 @@ class Browsers:
         *,
         init_script: str | None = None,
         viewport: dict[str, int] | None = None,
+        camera: str | None = None,
         **context_options: Any,
     ) -> Page:
         size = viewport or {"width": 1280, "height": 800}
         # Playwright evaluates string predicates with eval(), which the page's CSP forbids;
         # tests/browser/test_csp.py opens its page with bypass_csp=False to check the policy.
         context_options.setdefault("bypass_csp", True)
-        context = await self.browser.new_context(
+        browser = self.browser
+        if camera is not None:
+            # The fake camera's file is a browser-wide flag: one Chromium per such participant.
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            clip = write_fake_camera(ARTIFACTS / f"{self.name}-{label}-camera.y4m", camera)
+            browser = await self.playwright.chromium.launch(
+                executable_path=str(CHROMIUM),
+                headless=True,
+                args=[*chromium_args(self.base_url), f"--use-file-for-fake-video-capture={clip}"],
+            )
+            self.own_browsers.append(browser)
+        context = await browser.new_context(
             viewport={"width": size["width"], "height": size["height"]}, **context_options
         )
         self.contexts.append(context)
@@ -217,6 +256,8 @@ async def launch_browsers(base_url: str, name: str) -> AsyncIterator[Browsers]:
         finally:
             for context in b.contexts:
                 await context.close()
+            for own in b.own_browsers:
+                await own.close()
             await browser.close()
 
 

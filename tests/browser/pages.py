@@ -130,3 +130,119 @@ async def wait_remote_frame_size(
         await page.wait_for_timeout(200)
         size = await remote_frame_size(page)
     return size
+
+
+# Draws each remote <video> (or the local preview) onto a small canvas and averages its pixels:
+# what the page really shows, decoded, not a frame counter. A MediaStream is same-origin, so
+# the canvas is readable.
+_COLOURS_JS = """(selector) => [...document.querySelectorAll(selector)].map((v) => {
+    if (!v.videoWidth) return null;
+    const c = document.createElement('canvas');
+    c.width = 32; c.height = 24;
+    const g = c.getContext('2d', { willReadFrequently: true });
+    g.drawImage(v, 0, 0, c.width, c.height);
+    const d = g.getImageData(0, 0, c.width, c.height).data;
+    const sum = [0, 0, 0];
+    for (let i = 0; i < d.length; i += 4) {
+      sum[0] += d[i]; sum[1] += d[i + 1]; sum[2] += d[i + 2];
+    }
+    const n = d.length / 4;
+    return sum.map((x) => Math.round(x / n));
+})"""
+
+
+def colour_name(rgb: list[int] | None) -> str | None:
+    """The fake-camera colour an averaged picture shows ("red", "blue", "green"), if any."""
+    if rgb is None:
+        return None
+    r, g, b = rgb
+    for name, (cr, cg, cb) in {"red": (1, 0, 0), "blue": (0, 0, 1), "green": (0, 1, 0)}.items():
+        strong = [x for x, on in zip((r, g, b), (cr, cg, cb), strict=True) if on]
+        weak = [x for x, on in zip((r, g, b), (cr, cg, cb), strict=True) if not on]
+        if min(strong) > 150 and max(weak) < 90:
+            return name
+    return None
+
+
+async def remote_colours(page: Page) -> list[str | None]:
+    """The colour each remote tile's decoded picture shows (None: no picture, or unrecognised)."""
+    rgbs = await page.evaluate(_COLOURS_JS, ".tile-remote video")
+    return [colour_name(rgb) for rgb in rgbs]
+
+
+async def wait_remote_colours(
+    page: Page, expected: list[str], within_s: float = 15.0
+) -> list[str | None]:
+    """Poll until the remote tiles show exactly `expected` (the other participants' cameras)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    seen = await remote_colours(page)
+    while seen != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            rgbs = await page.evaluate(_COLOURS_JS, ".tile-remote video")
+            raise AssertionError(f"remote pictures show {seen} ({rgbs}), expected {expected}")
+        await page.wait_for_timeout(200)
+        seen = await remote_colours(page)
+    return seen
+
+
+async def audio_packets_pass(page: Page, packets: int) -> None:
+    """Let `packets` more remote audio packets reach `page`: media time passing, as a condition."""
+    await wait_audio_flowing(page, packets)
+
+
+async def audio_energy_over(page: Page, packets: int) -> float:
+    """How much remote audio energy (getStats totalAudioEnergy) `page` received while `packets`
+    more audio packets arrived."""
+    before = float((await inbound(page))["audio"].get("totalAudioEnergy", 0.0))
+    await audio_packets_pass(page, packets)
+    return float((await inbound(page))["audio"].get("totalAudioEnergy", 0.0)) - before
+
+
+# The first remote <video>'s picture at its full size, as luma (BT.601) bytes in base64: the
+# synthetic pattern (synth/pattern.py) is then read in Python exactly as an aiortc probe reads it.
+_LUMA_JS = """() => {
+    const v = document.querySelector('.tile-remote video');
+    if (!v || !v.videoWidth) return null;
+    const c = document.createElement('canvas');
+    c.width = v.videoWidth; c.height = v.videoHeight;
+    const g = c.getContext('2d', { willReadFrequently: true });
+    g.drawImage(v, 0, 0);
+    const d = g.getImageData(0, 0, c.width, c.height).data;
+    const y = new Uint8Array(c.width * c.height);
+    for (let i = 0, j = 0; j < y.length; i += 4, j += 1) {
+      y[j] = Math.round(0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]);
+    }
+    let text = '';
+    for (let k = 0; k < y.length; k += 0x8000) {
+      text += String.fromCharCode(...y.subarray(k, k + 0x8000));
+    }
+    return [c.width, c.height, btoa(text)];
+}"""
+
+
+async def remote_pattern(page: Page) -> Any:
+    """The synth pattern (`synth.pattern.PatternInfo`) the first remote tile shows, or None."""
+    import base64
+
+    import numpy as np
+
+    from synth.pattern import read_pattern_luma
+
+    grabbed = await page.evaluate(_LUMA_JS)
+    if grabbed is None:
+        return None
+    width, height, data = grabbed
+    luma = np.frombuffer(base64.b64decode(data), dtype=np.uint8).reshape(height, width)
+    return read_pattern_luma(luma)
+
+
+async def wait_remote_pattern(page: Page, source_id: int, within_s: float = 15.0) -> Any:
+    """Poll until the first remote tile shows the pattern painted by `source_id`."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    info = await remote_pattern(page)
+    while info is None or info.source_id != source_id:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the remote picture shows {info}, not source {source_id}")
+        await page.wait_for_timeout(200)
+        info = await remote_pattern(page)
+    return info

@@ -35,8 +35,9 @@ async def test_client_and_psychologist_call_end_to_end(
         payment_status="Paid",
     )
     session_id = session.id
-    client = await browsers.page("client")
-    psychologist = await browsers.page("psychologist")
+    # each participant's camera shows its own colour: the pictures say who sent them
+    client = await browsers.page("client", camera="red")
+    psychologist = await browsers.page("psychologist", camera="blue")
 
     await psychologist.goto(
         pages.call_url(server.base_url, session_id, make_token(therapist.id, "psychologist"))
@@ -56,29 +57,48 @@ async def test_client_and_psychologist_call_end_to_end(
     await pages.wait_frames_rising(psychologist, 15)
     await pages.wait_audio_flowing(client)
     await pages.wait_audio_flowing(psychologist)
+    # ... and the picture each one shows is the other's camera, not its own
+    await pages.wait_remote_colours(client, ["blue"])
+    await pages.wait_remote_colours(psychologist, ["red"])
     await browsers.screenshot(client, "call-client")
     await browsers.screenshot(psychologist, "call-psychologist")
 
-    # Mute (by keyboard) on the client: the psychologist sees it, then the unmute.
+    # Mute (by keyboard) on the client: the psychologist sees it, and hears nothing, then the
+    # unmute. (Chromium's fake microphone beeps: energy arrives whenever it is not muted.)
+    heard = await pages.audio_energy_over(psychologist, 100)  # ~2 s: several beeps
+    assert heard > 0, heard
     await client.focus("#btn-mic")
     await client.keyboard.press("Space")
     await pages.wait_remote_media(psychologist, "audio", False)
     remote_tile = psychologist.locator(".tile-remote").first
     await remote_tile.locator(".badge-muted").wait_for(state="visible")
     assert await client.get_attribute("#btn-mic", "aria-label") == "Unmute microphone"
+    await pages.audio_packets_pass(psychologist, 25)  # what was in flight at the click
+    muted = await pages.audio_energy_over(psychologist, 100)
+    assert muted <= heard / 1000, (muted, heard)
     await client.click("#btn-mic")
     await pages.wait_remote_media(psychologist, "audio", True)
     await remote_tile.locator(".badge-muted").wait_for(state="hidden")
+    assert await pages.audio_energy_over(psychologist, 100) > heard / 10
 
     # Camera off on the psychologist: the client sees the avatar instead of video; back on,
     # frames flow again.
+    # While it is off the psychologist sends no video at all (a privacy promise of media.js)
+    # and the client decodes none, while the psychologist's audio keeps arriving.
     await psychologist.click("#btn-camera")
     await pages.wait_remote_media(client, "video", False)
     await client.locator(".tile-remote.video-off").wait_for(state="attached")
+    await pages.audio_packets_pass(client, 25)  # what was in flight at the click
+    sent = (await pages.inbound(psychologist))["outbound"]["video"]
+    decoded = (await pages.inbound(client))["video"]["framesDecoded"]
+    await pages.audio_packets_pass(client, 50)
+    assert (await pages.inbound(psychologist))["outbound"]["video"] == sent
+    assert (await pages.inbound(client))["video"]["framesDecoded"] == decoded
     await psychologist.click("#btn-camera")
     await pages.wait_remote_media(client, "video", True)
     await client.locator(".tile-remote:not(.video-off)").wait_for(state="attached")
     await pages.wait_frames_rising(client, 10)
+    await pages.wait_remote_colours(client, ["blue"])
 
     # Screen share on the client replaces the camera track on the same sender: the
     # psychologist sees the "presenting" state and the picture's size change, frames keep coming.

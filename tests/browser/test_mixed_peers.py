@@ -19,7 +19,7 @@ async def test_browser_client_and_aiortc_psychologist_see_and_hear_each_other(
     browsers: Browsers, server: Server, booking_factory: BookingFactory, storage: Storage
 ) -> None:
     booking = await booking_factory()
-    page = await browsers.page("browser-client")
+    page = await browsers.page("browser-client", camera="green")
     await page.goto(pages.call_url(server.base_url, booking.session.id, booking.client_token))
     await pages.wait_phase(page, "connected")
     stored = await storage.get_session(booking.session.id)
@@ -38,6 +38,8 @@ async def test_browser_client_and_aiortc_psychologist_see_and_hear_each_other(
         await pages.wait_frames_rising(page, 15)
         await pages.wait_audio_flowing(page)
         await page.locator(".tile-remote").first.wait_for(state="visible")
+        # what it shows is the aiortc participant's pattern (source 7), read off its <video>
+        await pages.wait_remote_pattern(page, source_id=7)
 
         # The aiortc participant decodes the browser's camera and receives its microphone.
         await bot.wait_until(lambda: bot.video_from(browser_socket) is not None, "browser video")
@@ -45,6 +47,11 @@ async def test_browser_client_and_aiortc_psychologist_see_and_hear_each_other(
         assert video is not None
         await video.wait_for_frames(20, 15)
         assert video.frames_received >= 20
+        # ... and it is the browser's camera (green), not the bot's own pattern looped back
+        assert video.frames_decoded == 0, video.summary()
+        assert video.last_frame is not None
+        rgb = video.last_frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+        assert pages.colour_name([round(x) for x in rgb]) == "green", rgb
         await bot.wait_until(lambda: bot.audio_from(browser_socket) is not None, "browser audio")
         audio = bot.audio_from(browser_socket)
         assert audio is not None

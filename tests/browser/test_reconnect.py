@@ -42,6 +42,9 @@ async def test_dropped_websocket_reconnects_and_media_resumes(
     await pages.wait_frames_rising(psychologist, 15)
     await pages.wait_frames_rising(client, 15)
     await pages.wait_audio_flowing(client)
+    # ... and each picture is the other's camera (a single tile: the old one went away)
+    await pages.wait_remote_colours(client, ["blue"])
+    await pages.wait_remote_colours(psychologist, ["red"])
 
 
 LOCAL_ICE_PORTS = """async () => {
@@ -81,8 +84,9 @@ async def start_call(
     browsers: Browsers, server: Server, booking_factory: BookingFactory
 ) -> tuple[Page, Page]:
     booking = await booking_factory()
-    client = await browsers.page("client")
-    psychologist = await browsers.page("psychologist")
+    # each camera shows its own colour: the pictures say who sent them
+    client = await browsers.page("client", camera="red")
+    psychologist = await browsers.page("psychologist", camera="blue")
     await psychologist.goto(
         pages.call_url(server.base_url, booking.session.id, booking.psychologist_token)
     )
@@ -91,6 +95,8 @@ async def start_call(
     await pages.wait_remote_count(client, 1)
     await pages.wait_video_decoding(client)
     await pages.wait_video_decoding(psychologist)
+    await pages.wait_remote_colours(client, ["blue"])
+    await pages.wait_remote_colours(psychologist, ["red"])
     return client, psychologist
 
 
@@ -119,6 +125,8 @@ async def test_ice_failure_reconnects_on_new_connections(
         assert set(await client.evaluate(LOCAL_ICE_PORTS)).isdisjoint(ports)
         await pages.wait_frames_rising(client, 15)
         await pages.wait_frames_rising(psychologist, 15)
+        await pages.wait_remote_colours(client, ["blue"])
+        await pages.wait_remote_colours(psychologist, ["red"])
     finally:
         unblock()
 
@@ -150,5 +158,7 @@ async def test_media_stall_with_ice_still_connected_reconnects(
         await pages.wait_phase(client, "connected")
         await pages.wait_frames_rising(client, 15)
         await pages.wait_frames_rising(psychologist, 15)
+        await pages.wait_remote_colours(client, ["blue"])
+        await pages.wait_remote_colours(psychologist, ["red"])
     finally:
         unblock()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from hypothesis import given
+from hypothesis import find, given, settings
 from hypothesis import strategies as st
 
 from calls.identity import Identity
@@ -32,6 +32,9 @@ PSYCH = "2" * 24
 START = datetime(2025, 12, 15, 14, 0, tzinfo=UTC)
 
 object_ids = st.text(alphabet="0123456789abcdef", min_size=24, max_size=24)
+# A random id is never the session's client or psychologist: draw them too, so the rules are
+# checked for participants, not only for admins and outsiders.
+user_ids = st.one_of(st.sampled_from([CLIENT, PSYCH]), object_ids)
 roles = st.sampled_from(["client", "psychologist", "admin"])
 # Offsets from the session start, in milliseconds, covering well beyond the window.
 offsets_ms = st.integers(min_value=-6 * 3600_000, max_value=6 * 3600_000)
@@ -57,7 +60,14 @@ def case_variants(word: str) -> st.SearchStrategy[str]:
     )
 
 
-@given(user_id=object_ids, role=roles)
+def test_the_user_strategy_draws_both_participants_and_outsiders() -> None:
+    for wanted in (CLIENT, PSYCH):
+        assert find(user_ids, lambda u, w=wanted: u == w) == wanted  # type: ignore[misc]
+    assert find(user_ids, lambda u: u not in (CLIENT, PSYCH)) not in (CLIENT, PSYCH)
+
+
+@settings(max_examples=500)
+@given(user_id=user_ids, role=roles)
 def test_only_participants_and_admins_see_a_session(user_id: str, role: str) -> None:
     decision = evaluate_access(session(), Identity(user_id, role), START)
     insider = user_id in (CLIENT, PSYCH) or role == "admin"
@@ -174,8 +184,11 @@ def test_duration_examples() -> None:
     assert call_duration_minutes(START, START + timedelta(minutes=2, seconds=30)) == 3
 
 
+# Seven independent rules: a case where all but one hold (for each seat) is ~1 % of draws, so
+# enough examples that every "one rule broken for this seat" case is certainly drawn.
+@settings(max_examples=2000)
 @given(
-    user_id=object_ids,
+    user_id=user_ids,
     role=roles,
     status=st.sampled_from(SESSION_STATUSES),
     payment=st.sampled_from(PAYMENT_STATUSES),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import socket
+import re
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -75,10 +75,22 @@ async def until(
         await asyncio.sleep(every)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Prometheus is started on port 0: it binds a free port itself and logs it, so no port is
+# probed for and then raced for.
+PROMETHEUS_PORT_ARGS = ("--web.listen-address=127.0.0.1:0", "--log.level=info")
+
+
+async def listening_port(process: asyncio.subprocess.Process, log_path: Path) -> int:
+    """The port a Prometheus started with PROMETHEUS_PORT_ARGS says it listens on."""
+
+    async def listening() -> int | None:
+        text = await asyncio.to_thread(log_path.read_text)
+        assert process.returncode is None, text
+        found = re.search(r'msg="Listening on" address=127\.0\.0\.1:(\d+)', text)
+        return int(found[1]) if found else None
+
+    port: int = await until(listening, "Prometheus to say where it listens", limit=30)
+    return port
 
 
 @dataclass
@@ -118,7 +130,6 @@ async def server(
 
 @pytest.fixture
 async def prometheus(server: TestServer, tmp_path: Path) -> AsyncIterator[Prometheus]:
-    port = free_port()
     config = tmp_path / "prometheus.yml"
     config.write_text(
         f"""
@@ -131,22 +142,23 @@ scrape_configs:
       - targets: ["127.0.0.1:{server.port}"]
 """
     )
-    log = (tmp_path / "prometheus.log").open("w")
+    log_path = tmp_path / "prometheus.log"
+    log = log_path.open("w")
     process = await asyncio.create_subprocess_exec(
         PROMETHEUS,
         f"--config.file={config}",
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
+        *PROMETHEUS_PORT_ARGS,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-    prom = Prometheus(f"http://127.0.0.1:{port}", session)
     try:
+        port = await listening_port(process, log_path)
+        prom = Prometheus(f"http://127.0.0.1:{port}", session)
 
         async def ready() -> bool:
-            assert process.returncode is None, (tmp_path / "prometheus.log").read_text()
+            assert process.returncode is None, log_path.read_text()
             try:
                 async with session.get(f"{prom.url}/-/ready") as resp:
                     return resp.status == 200

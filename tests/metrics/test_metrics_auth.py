@@ -19,7 +19,12 @@ from smiling_relay.config import Config, ConfigError
 from tests.conftest import AppFactory, MakeClient
 from tests.helpers import error_of
 from tests.metrics import dashboard
-from tests.metrics.test_live_prometheus import PROMETHEUS, free_port, until
+from tests.metrics.test_live_prometheus import (
+    PROMETHEUS,
+    PROMETHEUS_PORT_ARGS,
+    listening_port,
+    until,
+)
 
 TOKEN = "metrics-" + "t" * 32
 DEPLOY_PROMETHEUS = dashboard.ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -66,18 +71,17 @@ async def test_prometheus_scrapes_with_the_deploy_config(
 """
     (tmp_path / "prometheus.yml").write_text(config)
     (tmp_path / "metrics-token").write_text(TOKEN + "\n")
-    port = free_port()
     log = (tmp_path / "prometheus.log").open("w")
     process = await asyncio.create_subprocess_exec(
         PROMETHEUS,
         f"--config.file={tmp_path / 'prometheus.yml'}",
         f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--log.level=warn",
+        *PROMETHEUS_PORT_ARGS,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
+        port = await listening_port(process, tmp_path / "prometheus.log")
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
 
             async def up() -> dict[str, str] | None:

@@ -23,13 +23,14 @@ import asyncio
 import contextlib
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tests.browser import pages
-from tests.browser.conftest import CHROMIUM, STATS_INIT_SCRIPT, chromium_args
+from tests.browser.conftest import CHROMIUM, STATS_INIT_SCRIPT, chromium_args, write_fake_camera
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page, Playwright
@@ -187,8 +188,13 @@ async def call(args: argparse.Namespace) -> None:
     from playwright.async_api import async_playwright
 
     started = time.monotonic()
+    extra: list[str] = []
+    if args.camera:
+        # the fake camera shows one colour: the other participant can tell it is this one
+        clip = write_fake_camera(Path(tempfile.mkdtemp()) / "camera.y4m", args.camera)
+        extra.append(f"--use-file-for-fake-video-capture={clip}")
     async with async_playwright() as p:
-        browser = await launch(p, args.origin, [])
+        browser = await launch(p, args.origin, extra)
         try:
             page = await open_page(browser, "call")
             await page.goto(args.url)
@@ -218,9 +224,15 @@ async def call(args: argparse.Namespace) -> None:
                     >= rising["audio"]["packetsReceived"] + args.packets
                 ),
             )
+            shown = None
+            if args.expect_pattern is not None:
+                # the picture on screen is the other participant's pattern, read off the <video>
+                info = await pages.wait_remote_pattern(page, args.expect_pattern, MEDIA_TIMEOUT_S)
+                shown = info.source_id
             pairs = await page.evaluate(SELECTED_PAIRS_JS)
             emit(
                 "verified",
+                pattern_source=shown,
                 frames_decoded=[s["video"]["framesDecoded"] for s in (first, rising, stats)],
                 frame_size=[stats["video"]["frameWidth"], stats["video"]["frameHeight"]],
                 audio_packets=[s["audio"]["packetsReceived"] for s in (first, rising, stats)],
@@ -289,6 +301,8 @@ def main() -> None:
     c.add_argument("--origin", required=True, help="treated as a secure origin (getUserMedia)")
     c.add_argument("--frames", type=int, default=30, help="more frames decoded after the first")
     c.add_argument("--packets", type=int, default=50, help="more audio packets received")
+    c.add_argument("--camera", help="the fake camera's colour (tests/browser/conftest.py)")
+    c.add_argument("--expect-pattern", type=int, help="the synth source id the page must show")
     p = modes.add_parser("p2p")
     p.add_argument("--stun")
     args = parser.parse_args()

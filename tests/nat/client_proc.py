@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from typing import Any, cast
@@ -28,6 +29,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 
 from relay._aiortc import selected_pair
 from synth.client import CallClient
+from tests.browser.pages import colour_name
 from tests.relay.helpers import hears, join_and_publish, sees
 
 
@@ -55,6 +57,12 @@ async def fetch_ice_servers(base_url: str, token: str) -> list[dict[str, Any]]:
     return list(body["data"]["iceServers"])
 
 
+def _transport(url: str) -> str:
+    if url.startswith("turns:"):
+        return "tls"
+    return "tcp" if url.endswith("transport=tcp") else "udp"
+
+
 def to_rtc(servers: list[dict[str, Any]]) -> list[RTCIceServer]:
     return [
         RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
@@ -73,6 +81,16 @@ async def call(args: argparse.Namespace) -> None:
     servers: list[dict[str, Any]] = [{"urls": args.stun}] if args.stun else []
     if args.use_config:
         servers = await fetch_ice_servers(args.base_url, args.token)
+    if args.turn_transport:
+        # aiortc uses the first TURN URL only: keep the one a client on a UDP-less network
+        # ends up on (a browser tries them all)
+        servers = [
+            {**s, "urls": [u for u in urls if _transport(u) == args.turn_transport]}
+            for s in servers
+            if (urls := s["urls"] if isinstance(s["urls"], list) else [s["urls"]])
+        ]
+    if args.ca_file:
+        os.environ["SSL_CERT_FILE"] = args.ca_file  # TURN over TLS: trust the test's coturn
     client = CallClient(
         args.base_url, args.token, ice_servers=to_rtc(servers), relay_only=args.relay_only
     )
@@ -93,11 +111,14 @@ async def call(args: argparse.Namespace) -> None:
         result: dict[str, Any] = {"peer": other}
         if args.expect_source is not None:
             await sees(client, peer, args.expect_source, frames=15)
-            result["marks_ms"] = await hears(client, peer, marks=3)
+            result["marks_ms"] = await hears(client, peer, args.expect_source, marks=3)
             video = client.video_from(other)
             assert video is not None and video.last_info is not None
             result["source_id"] = video.last_info.source_id
             result["frames_intact"] = video.frames_intact
+            audio = client.audio_from(other)
+            assert audio is not None
+            result["heard_slots"] = sorted(audio.heard_slots)
         else:
             await client.wait_until(lambda: client.video_from(other) is not None, "video", 20)
             await client.wait_until(lambda: client.audio_from(other) is not None, "audio", 20)
@@ -107,6 +128,10 @@ async def call(args: argparse.Namespace) -> None:
             await audio.wait_for_frames(50, 20)
             result["frames_received"] = video.frames_received
             result["audio_frames"] = audio.frames_received
+            # the browser paints no pattern: its camera's colour says whose picture this is
+            assert video.last_frame is not None
+            rgb = video.last_frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+            result["colour"] = colour_name([round(float(x)) for x in rgb])
         assert client.publisher is not None and client.subscriber is not None
         pairs = {
             "publisher": selected_pair(client.publisher),
@@ -174,6 +199,8 @@ def main() -> None:
     c.add_argument("--use-config", action="store_true")
     c.add_argument("--stun")
     c.add_argument("--relay-only", action="store_true")
+    c.add_argument("--turn-transport", choices=("udp", "tcp", "tls"))
+    c.add_argument("--ca-file")
     p = modes.add_parser("p2p")
     p.add_argument("--role", choices=("offer", "answer"), required=True)
     p.add_argument("--stun")

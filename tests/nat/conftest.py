@@ -14,6 +14,7 @@ import secrets
 import shutil
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from tests.nat.turn_probe import TurnProbe
 REPO = Path(__file__).resolve().parents[2]
 COTURN_CONF = REPO / "deploy" / "coturn" / "turnserver.conf"
 TURN_PORT = 3478
+TURNS_PORT = 5349
 TURN_REALM = "turn.test.smiling"
 
 
@@ -115,6 +117,15 @@ class Coturn:
     realm: str
     address: tuple[str, int]
     log: Path
+    ca_file: Path | None = None  # with TLS: the certificate clients must trust
+
+    @property
+    def tcp_url(self) -> str:
+        return f"turn:{self.address[0]}:{self.address[1]}?transport=tcp"
+
+    @property
+    def tls_url(self) -> str:
+        return f"turns:{self.address[0]}:{TURNS_PORT}?transport=tcp"
 
     @property
     def url(self) -> str:
@@ -144,20 +155,54 @@ async def coturn(
     a documentation range the production config denies, so it is allowed back explicitly, as a
     deployment does for a relay coturn reaches over a private network.
     """
+    async with _run_coturn(turnserver_binary, tmp_path, tls=False) as server:
+        yield server
+
+
+@pytest.fixture
+async def coturn_tls(
+    nat_topology: topology.Topology, turnserver_binary: str, tmp_path: Path
+) -> AsyncIterator[Coturn]:
+    """The same coturn, also listening for TURN over TLS on 5349 with a self-signed certificate
+    for its address (`ca_file`: what a client is told to trust)."""
+    async with _run_coturn(turnserver_binary, tmp_path, tls=True) as server:
+        yield server
+
+
+def _self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "turn-cert.pem", directory / "turn-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", f"/CN={topology.TURN_IP}",
+         "-addext", f"subjectAltName=IP:{topology.TURN_IP}",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@asynccontextmanager
+async def _run_coturn(binary: str, tmp_path: Path, *, tls: bool) -> AsyncIterator[Coturn]:
     secret = secrets.token_hex(16)
     log = tmp_path / "coturn.log"
+    ca_file: Path | None = None
+    if tls:
+        ca_file, key = _self_signed_certificate(tmp_path)
+        tls_args = [f"--tls-listening-port={TURNS_PORT}", f"--cert={ca_file}", f"--pkey={key}"]
+    else:
+        tls_args = ["--tls-listening-port=0", "--no-tls"]
     command = [
-        turnserver_binary, "-c", str(COTURN_CONF),
+        binary, "-c", str(COTURN_CONF),
         f"--static-auth-secret={secret}", f"--realm={TURN_REALM}",
         f"--listening-ip={topology.TURN_IP}", f"--relay-ip={topology.TURN_IP}",
-        f"--listening-port={TURN_PORT}", "--tls-listening-port=0", "--no-tls",
+        f"--listening-port={TURN_PORT}", *tls_args,
         "--min-port=49160", "--max-port=49260",
         f"--allowed-peer-ip={topology.RELAY_IP}",
         f"--pidfile={tmp_path / 'turnserver.pid'}", f"--userdb={tmp_path / 'turndb'}",
     ]  # fmt: skip
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)  # noqa: ASYNC220
-    server = Coturn(secret, TURN_REALM, (topology.TURN_IP, TURN_PORT), log)
+    server = Coturn(secret, TURN_REALM, (topology.TURN_IP, TURN_PORT), log, ca_file)
     try:
         await _wait_for_turn(server, process)
         yield server

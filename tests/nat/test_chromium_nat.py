@@ -86,8 +86,7 @@ async def _direct_attempt(
         await asyncio.sleep(max(0.0, answered + P2P_WINDOW - loop.time()))
         await offerer.send(report=True)
         offerer_result = await offerer.next_event("result", STEP)
-        window = loop.time() - answered
-        return {"offer": offerer_result, "answer": answerer_result, "window": window}
+        return {"offer": offerer_result, "answer": answerer_result}
     finally:
         await asyncio.gather(offerer.stop(), answerer.stop())
 
@@ -135,7 +134,7 @@ async def test_chromium_behind_symmetric_nat_reaches_aiortc_only_through_the_rel
         direct = asyncio.create_task(_direct_attempt(a, b, stun, call_verified))
         browser = Endpoint(
             "call-chromium", a.client_ns, BROWSER, "call", "--url", url,
-            "--origin", server.base_url,
+            "--origin", server.base_url, "--camera", "red", "--expect-pattern", "22",
         )  # fmt: skip
         peer = Endpoint(
             "call-aiortc", b.client_ns, CLIENT, "call", "--base-url", server.base_url,
@@ -155,7 +154,8 @@ async def test_chromium_behind_symmetric_nat_reaches_aiortc_only_through_the_rel
             await asyncio.gather(browser.stop(), peer.stop())
 
     # Direct: both ends had a server-reflexive (public) candidate, and no pair ever worked
-    # during the whole window (which outlasted the relayed call's setup).
+    # during the whole window (the report is taken once the relayed call was verified and the
+    # window is over: the attempt's own wait, so it is not asserted again).
     offer, answer = attempt["offer"], attempt["answer"]
     assert any(c.startswith(f"{a.router_wan_ip}:") for c in _srflx(offer["local_candidates"])), (
         offer
@@ -169,7 +169,6 @@ async def test_chromium_behind_symmetric_nat_reaches_aiortc_only_through_the_rel
     # Chromium tried pairs (sampled during the attempt: it drops them once ICE failed); none
     # succeeded
     assert offer["most_pairs"] > 0 and "succeeded" not in offer["pair_states"], offer
-    assert attempt["window"] >= P2P_WINDOW, attempt
     assert answer["state"] in ("failed", f"still checking after {P2P_WINDOW} s"), answer
 
     # Through the relay: Chromium decodes the aiortc participant's video and receives its
@@ -180,6 +179,10 @@ async def test_chromium_behind_symmetric_nat_reaches_aiortc_only_through_the_rel
     _, before, after = seen_by_browser["audio_packets"]
     assert after >= before + 50 and before > 0, seen_by_browser
     assert seen_by_peer["frames_received"] >= 30 and seen_by_peer["audio_frames"] >= 50
+    # and each picture is the other's: Chromium shows the aiortc pattern (source 22), the
+    # aiortc participant gets Chromium's red camera
+    assert seen_by_browser["pattern_source"] == 22, seen_by_browser
+    assert seen_by_peer["colour"] == "red", seen_by_peer
 
     # Each of Chromium's connections (publisher, subscriber) reached the relay's public address
     # from behind the NAT: its selected local candidate is the NAT's mapping, learned from the
@@ -229,7 +232,7 @@ async def test_relay_only_chromium_calls_through_coturn(
     url = pages.call_url(server.base_url, booking.session.id, booking.client_token, relayOnly="1")
     browser = Endpoint(
         "relay-only-chromium", a.client_ns, BROWSER, "call", "--url", url,
-        "--origin", server.base_url,
+        "--origin", server.base_url, "--camera", "red", "--expect-pattern", "42",
     )  # fmt: skip
     peer = Endpoint(
         "call-aiortc", b.client_ns, CLIENT, "call", "--base-url", server.base_url,
@@ -260,3 +263,5 @@ async def test_relay_only_chromium_calls_through_coturn(
     _, before, after = seen_by_browser["audio_packets"]
     assert after >= before + 50 and before > 0, seen_by_browser
     assert seen_by_peer["frames_received"] >= 30 and seen_by_peer["audio_frames"] >= 50
+    assert seen_by_browser["pattern_source"] == 42, seen_by_browser
+    assert seen_by_peer["colour"] == "red", seen_by_peer

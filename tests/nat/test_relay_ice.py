@@ -15,6 +15,7 @@ import pytest
 
 from relay._aiortc import PortRangeExhausted, bind_udp, ice_sockets
 from storage.base import Storage
+from synth import netns
 from synth.client import CallClient, SignalingError
 from synth.tracks import PatternVideoTrack
 from tests.helpers import BookingFactory
@@ -68,8 +69,10 @@ async def test_every_relay_candidate_uses_the_announced_address_and_the_port_ran
         await one.stop()
         await two.stop()
 
-    for result in results:
-        assert result["source_id"] in (31, 32) and len(result["marks_ms"]) >= 3
+    for result, other in zip(results, (32, 31), strict=True):
+        # each saw and heard the other participant: its pattern, its tone, nobody else's
+        assert result["source_id"] == other and len(result["marks_ms"]) >= 3, result
+        assert result["heard_slots"] == [other], result
         offered = [_address(c) for cs in result["relay_candidates"].values() for c in cs]
         assert offered, result
         for host, port, kind in offered:
@@ -127,7 +130,17 @@ async def test_an_exhausted_port_range_is_a_clear_signaling_error(
     assert f"in use on {topology.RELAY_IP}" in str(refused.value)
 
 
-def test_bind_udp_walks_the_range_and_raises_when_it_is_full() -> None:
+@pytest.fixture
+def own_namespace() -> None:
+    """Fixed ports are only safe where nobody else binds: this process's own network namespace
+    (the NAT tests' topology lives there too), not the host's loopback."""
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    netns.enter_process_netns()
+
+
+def test_bind_udp_walks_the_range_and_raises_when_it_is_full(own_namespace: None) -> None:
     held = [bind_udp("127.0.0.1", (40300, 40302)) for _ in range(3)]
     try:
         assert sorted(s.getsockname()[1] for s in held) == [40300, 40301, 40302]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import subprocess
+import sys
 import time
 
 import pytest
@@ -19,7 +21,7 @@ from calls.ice_servers import turn_rest_credentials
 from storage.base import Storage
 from tests.helpers import BookingFactory
 from tests.nat import topology
-from tests.nat.conftest import Coturn, ServeRelay
+from tests.nat.conftest import TURN_PORT, Coturn, ServeRelay
 from tests.nat.procs import Endpoint
 from tests.nat.turn_probe import TurnProbe
 from tests.relay.helpers import open_room
@@ -82,6 +84,120 @@ async def test_relay_only_client_joins_with_credentials_from_the_config_endpoint
     # and media flowed both ways through it
     assert seen_by_relayed["source_id"] == 42 and seen_by_direct["source_id"] == 41
     assert len(seen_by_relayed["marks_ms"]) >= 3 and len(seen_by_direct["marks_ms"]) >= 3
+    # each heard the other's tone (slot = source id % 40), and nobody else's
+    assert seen_by_relayed["heard_slots"] == [42 % 40] and seen_by_direct["heard_slots"] == [
+        41 % 40
+    ]
+
+
+def block_udp(namespace: str, *tcp_ports: int) -> None:
+    """Inside `namespace`: no UDP at all (and no TCP to `tcp_ports`), as on a hospital network."""
+    blocked_tcp = f"  tcp dport {{ {', '.join(map(str, tcp_ports))} }} drop\n" if tcp_ports else ""
+    rules = (
+        "table inet no_udp {\n chain out {\n  type filter hook output priority 0; policy accept;\n"
+        f"  meta l4proto udp counter drop\n{blocked_tcp} }}\n"
+        " chain in {\n  type filter hook input priority 0; policy accept;\n"
+        "  meta l4proto udp drop\n }\n}\n"
+    )
+    subprocess.run(
+        ["ip", "netns", "exec", namespace, "nft", "-f", "-"],
+        input=rules, text=True, check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def unblock_udp(namespace: str) -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", namespace, "nft", "delete", "table", "inet", "no_udp"],
+        capture_output=True,
+    )
+
+
+# From inside a namespace: does coturn answer a STUN Binding over UDP, and accept a TCP
+# connection on its plain port? (The wall is checked, not assumed.)
+_REACH = """
+import os, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.settimeout(1.0)
+try:
+    udp.sendto(b"\\x00\\x01\\x00\\x00\\x21\\x12\\xa4\\x42" + os.urandom(12), (host, port))
+    udp.recvfrom(512)
+    print("udp-open")
+except OSError:
+    print("udp-blocked")
+try:
+    socket.create_connection((host, port), timeout=1.0).close()
+    print("tcp-open")
+except OSError:
+    print("tcp-blocked")
+"""
+
+
+def reachability(namespace: str) -> set[str]:
+    result = subprocess.run(
+        ["ip", "netns", "exec", namespace, sys.executable, "-c", _REACH, topology.TURN_IP,
+         str(TURN_PORT)],
+        text=True, check=True, capture_output=True, timeout=20,
+    )  # fmt: skip
+    return set(result.stdout.split())
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+async def test_a_client_without_udp_calls_through_turn_over_tcp_or_tls(
+    transport: str,
+    nat_topology: topology.Topology,
+    coturn_tls: Coturn,
+    serve_relay: ServeRelay,
+    booking_factory: BookingFactory,
+    storage: Storage,
+) -> None:
+    """The reason TURN exists: a network that lets no UDP out. The client gets the TCP and TLS
+    URLs from the config endpoint and calls through coturn over that transport (with TLS, the
+    plain TCP port is blocked too: only TLS can have carried it)."""
+    a, b = nat_topology.sites["a"], nat_topology.sites["b"]
+    server = await serve_relay(
+        turn_secret=coturn_tls.secret,
+        turn_server_url=coturn_tls.url,
+        turn_urls=(coturn_tls.tcp_url, coturn_tls.tls_url),
+        turn_credential_ttl=TTL,
+    )
+    booking = await booking_factory()
+    room_id = await open_room(storage, booking)
+    assert reachability(a.client_ns) == {"udp-open", "tcp-open"}  # the check can tell
+    block_udp(a.client_ns, *((TURN_PORT,) if transport == "tls" else ()))
+    plain_tcp = "tcp-blocked" if transport == "tls" else "tcp-open"
+    assert reachability(a.client_ns) == {"udp-blocked", plain_tcp}
+    common = ("call", "--base-url", server.base_url, "--room", room_id)
+    assert coturn_tls.ca_file is not None
+    walled = Endpoint(
+        f"no-udp-{transport}", a.client_ns, CLIENT, *common, "--token", booking.client_token,
+        "--source-id", "43", "--expect-source", "44", "--use-config", "--relay-only",
+        "--turn-transport", transport, "--ca-file", str(coturn_tls.ca_file),
+    )  # fmt: skip
+    direct = Endpoint(
+        "direct", b.client_ns, CLIENT, *common, "--token", booking.psychologist_token,
+        "--source-id", "44", "--expect-source", "43",
+    )  # fmt: skip
+    try:
+        await walled.start()
+        await direct.start()
+        published = await walled.next_event("published", 30)
+        seen_by_walled = await walled.next_event("verified", 60)
+        seen_by_direct = await direct.next_event("verified", 60)
+    finally:
+        await walled.stop()
+        await direct.stop()
+        unblock_udp(a.client_ns)
+
+    (turn,) = published["iceServers"]
+    wanted = coturn_tls.tcp_url if transport == "tcp" else coturn_tls.tls_url
+    assert turn["urls"] == [wanted], turn  # the URL the config endpoint handed out, and only it
+    for pair in seen_by_walled["pairs"].values():
+        assert pair["local"]["type"] == "relay", pair
+        assert pair["local"]["address"][0] == topology.TURN_IP, pair
+    # media both ways, each seeing and hearing the other
+    assert seen_by_walled["source_id"] == 44 and seen_by_direct["source_id"] == 43
+    assert seen_by_walled["heard_slots"] == [4] and seen_by_direct["heard_slots"] == [3]
 
 
 async def test_coturn_refuses_expired_and_forged_credentials(coturn: Coturn) -> None:

@@ -38,13 +38,29 @@ async def sees(viewer: CallClient, publisher: CallClient, source_id: int, frames
     assert probe.last_info is not None and probe.last_info.source_id == source_id
 
 
-async def hears(listener: CallClient, speaker: CallClient, marks: int = 3) -> list[float]:
-    """`listener` detects `marks` timing marks in `speaker`'s audio; returns latencies (ms)."""
+async def hears(
+    listener: CallClient, speaker: CallClient, source_id: int, marks: int = 3
+) -> list[float]:
+    """`listener` hears `speaker` (`source_id`): its tone, and `marks` timing marks in it.
+
+    Every source emits its marks at the same wall-clock instants, so marks alone say nothing
+    about who spoke: the continuous tone is per source (`synth.tone.tone_hz_for_source`), and
+    every 100 ms window of the track must have carried `source_id`'s tone and nobody else's
+    (not the listener's own voice looped back, not a third party's). Returns the latencies (ms).
+    """
     socket_id = speaker.socket_id or ""
     await listener.wait_until(lambda: listener.audio_from(socket_id) is not None, "an audio track")
     probe = listener.audio_from(socket_id)
     assert probe is not None
-    await probe.wait_for_marks(marks, 10)
+    slot = source_id % 40
+    await probe.wait_for(
+        lambda p: len(p.marks) >= marks and p.heard_slots[slot] >= 5,
+        10,
+        f"{marks} timing marks and source {source_id}'s tone",
+    )
+    assert set(probe.heard_slots) == {slot}, (
+        f"heard source slots {dict(probe.heard_slots)} on {socket_id}'s track, expected only {slot}"
+    )
     return list(probe.mark_latencies_ms)
 
 

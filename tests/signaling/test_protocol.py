@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -179,14 +182,198 @@ async def test_join_ignores_claimed_identity_and_bad_sdp_leaves_nothing_behind(
     await eventually(lambda: room_id not in relay.rooms, "the abandoned room to close")
 
 
+async def closed_with(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+    """Reads until the server's close frame; returns the close code."""
+    for _ in range(50):
+        message = await ws.receive(timeout=5)
+        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            return ws.close_code
+    raise AssertionError("the server never closed the socket")
+
+
 async def test_websocket_connections_are_rate_limited(
     aiohttp_client: Any, make_app: Any, booking_factory: BookingFactory
 ) -> None:
+    """The upgrade succeeds; the 4th connection in a minute gets RATE_LIMITED and close 4429."""
     client = await aiohttp_client(make_app(rate_limit_ws_per_min=3))
     booking = await booking_factory()
-    codes = []
-    for _ in range(4):
+    for _ in range(3):
         ws = await client.ws_connect(f"/ws?token={booking.client_token}")
-        codes.append((await receive(ws))["event"])
+        assert (await receive(ws))["event"] == "authenticated"
         await ws.close()
-    assert codes == ["authenticated"] * 3 + ["error"]
+    ws = await client.ws_connect(f"/ws?token={booking.client_token}")
+    refusal = await receive(ws)
+    assert refusal["event"] == "error"
+    assert refusal["data"]["code"] == "RATE_LIMITED", refusal
+    assert await closed_with(ws) == 4429
+
+
+async def test_a_frame_of_64_kib_closes_the_socket_with_1009(
+    socket_for: Any, booking_factory: BookingFactory
+) -> None:
+    booking = await booking_factory()
+    ws = await socket_for(booking.client_token)
+    # one byte under 64 KiB is still a message: answered (INVALID_MESSAGE), the socket kept
+    await ws.send_str("x" * (64 * 1024 - 1))
+    assert (await receive(ws))["data"]["code"] == "INVALID_MESSAGE"
+    await ws.send_json({"event": "ping"})
+    assert (await receive(ws))["event"] == "pong"
+    # 64 KiB is not read at all: aiohttp (max_msg_size) closes with 1009, message too big
+    await ws.send_str("x" * (64 * 1024))
+    assert await closed_with(ws) == 1009
+
+
+async def test_a_binary_frame_is_refused_and_the_socket_kept(
+    socket_for: Any, booking_factory: BookingFactory
+) -> None:
+    booking = await booking_factory()
+    ws = await socket_for(booking.client_token)
+    await ws.send_bytes(b'{"event": "ping"}')
+    refusal = await receive(ws)
+    assert refusal["event"] == "error"
+    assert refusal["data"]["code"] == "INVALID_MESSAGE", refusal
+    await ws.send_json({"event": "ping"})
+    assert (await receive(ws))["event"] == "pong"
+
+
+async def test_more_than_20_errors_close_the_socket_with_1008(
+    socket_for: Any, booking_factory: BookingFactory
+) -> None:
+    booking = await booking_factory()
+    ws = await socket_for(booking.client_token)
+    for _ in range(20):
+        await ws.send_str("not json")
+        assert (await receive(ws))["data"]["code"] == "INVALID_MESSAGE"
+    await ws.send_json({"event": "ping"})  # 20 errors: still served
+    assert (await receive(ws))["event"] == "pong"
+    await ws.send_str("not json")  # the 21st
+    assert (await receive(ws))["data"]["code"] == "INVALID_MESSAGE"
+    assert await closed_with(ws) == 1008
+
+
+def test_the_authenticate_window_and_the_heartbeat_are_the_documented_10_s() -> None:
+    from signaling import connection, setup
+
+    assert connection.AUTHENTICATE_TIMEOUT == 10.0
+    assert setup.HEARTBEAT_SECONDS == 10.0
+
+
+async def test_no_authenticate_message_in_time_closes_with_4401(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 10 s window (shortened here: the rule, not the figure, is what is tested)."""
+    from signaling import connection
+
+    monkeypatch.setattr(connection, "AUTHENTICATE_TIMEOUT", 0.3)
+    ws = await client.ws_connect("/ws")
+    refusal = await receive(ws)  # sent without any message from us
+    assert refusal["event"] == "error"
+    assert refusal["data"]["code"] == "AUTHENTICATION_FAILED", refusal
+    assert await closed_with(ws) == 4401
+
+
+async def test_a_client_that_stops_answering_pings_is_dropped_as_disconnected(
+    make_app: Any,
+    aiohttp_client: Any,
+    booking_factory: BookingFactory,
+    storage: Storage,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The heartbeat: the server pings; a client that answers stays, one that stops is dropped
+    and the others are told `user-left` with reason `disconnected`."""
+    from signaling import setup
+
+    monkeypatch.setattr(setup, "HEARTBEAT_SECONDS", 0.4)
+    client = await aiohttp_client(make_app())
+    booking = await booking_factory()
+    room_id = await open_room(storage, booking)
+    stayer = await client.ws_connect(f"/ws?token={booking.client_token}")  # autoping answers
+    silent = await client.ws_connect(f"/ws?token={booking.psychologist_token}", autoping=False)
+    assert (await receive(stayer))["event"] == "authenticated"
+    assert (await receive(silent))["event"] == "authenticated"
+    await stayer.send_json({"event": "join-room", "data": {"roomId": room_id}})
+    assert (await receive(stayer))["event"] == "room-joined"
+    await silent.send_json({"event": "join-room", "data": {"roomId": room_id}})
+    assert (await receive(silent))["event"] == "room-joined"
+    assert (await receive(stayer))["event"] == "user-joined"
+    # the stayer's client answers pings only while something reads its socket
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def read_stayer() -> None:
+        async for message in stayer:
+            inbox.put_nowait(json.loads(message.data))
+
+    reader = asyncio.create_task(read_stayer())
+
+    # three pings answered by hand: the server keeps the connection
+    pings = 0
+    while pings < 3:
+        message = await silent.receive(timeout=5)
+        assert message.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.TEXT), message
+        if message.type == aiohttp.WSMsgType.PING:
+            pings += 1
+            await silent.pong(message.data)
+    # then silence: the server gives up on the pong and closes
+    closed = False
+    for _ in range(20):
+        message = await silent.receive(timeout=5)
+        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            closed = True
+            break
+    assert closed
+    left = await asyncio.wait_for(inbox.get(), 5)
+    assert left["event"] == "user-left", left
+    assert left["data"]["userId"] == booking.psychologist.id
+    assert left["data"]["reason"] == "disconnected"
+    await stayer.send_json({"event": "ping"})  # the one who answers is still served
+    assert (await asyncio.wait_for(inbox.get(), 5))["event"] == "pong"
+    await stayer.close()
+    await reader
+
+
+async def test_a_successful_join_is_audited(
+    socket_for: Any, booking_factory: BookingFactory, storage: Storage
+) -> None:
+    booking = await booking_factory()
+    room_id = await open_room(storage, booking)
+    ws = await socket_for(booking.psychologist_token)
+    await ws.send_json({"event": "join-room", "data": {"roomId": room_id}})
+    assert (await receive(ws))["event"] == "room-joined"
+    audit = await storage.list_audit(session_id=booking.session.id)
+    joins = [e for e in audit if e.action == "join_success"]
+    assert len(joins) == 1, audit
+    entry = joins[0]
+    assert (entry.user_id, entry.role, entry.result) == (
+        booking.psychologist.id,
+        "psychologist",
+        "allowed",
+    ), entry
+    assert entry.room_id == room_id and entry.metadata["endpoint"] == "WS join-room", entry
+
+
+async def test_an_internal_error_is_logged_with_its_traceback_and_the_socket_kept(
+    socket_for: Any,
+    booking_factory: BookingFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug while handling a message: the client gets INTERNAL_ERROR (no details), the log gets
+    the traceback, the connection stays usable."""
+    from signaling.connection import SignalingConnection
+
+    async def broken(self: SignalingConnection, event: str, data: dict[str, Any]) -> None:
+        raise RuntimeError("bug deep in the relay")
+
+    monkeypatch.setattr(SignalingConnection, "_dispatch_media", broken)
+    booking = await booking_factory()
+    ws = await socket_for(booking.client_token)
+    with caplog.at_level(logging.ERROR, logger="signaling.connection"):
+        await ws.send_json({"event": "media-state", "data": {"audio": False}})
+        refusal = await receive(ws)
+    assert refusal["data"]["code"] == "INTERNAL_ERROR"
+    assert "bug deep" not in json.dumps(refusal)
+    (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert record.exc_info is not None and isinstance(record.exc_info[1], RuntimeError)
+    assert "Traceback" in caplog.text and "bug deep in the relay" in caplog.text
+    await ws.send_json({"event": "ping"})
+    assert (await receive(ws))["event"] == "pong"

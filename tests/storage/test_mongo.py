@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -143,3 +144,29 @@ async def test_factory_picks_backend(tmp_path: Any) -> None:
     assert isinstance(store, MongoStorage)
     assert store.sessions.database.name == "platform"
     await store.close()
+
+
+async def test_a_conflicting_platform_index_is_left_alone_with_a_warning(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The platform's database may already hold `meetingLink_1` with other options: the relay
+    keeps it (it is the platform's), says so, and creates the rest."""
+    db: Any = AsyncMongoMockClient()["smiling-steps"]
+    await db["sessions"].create_index([("meetingLink", 1)], name="meetingLink_1")  # not unique
+    store = MongoStorage(db, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="storage.mongo"):
+        await store.initialize()
+    (existing,) = [
+        v
+        for v in (await db["sessions"].index_information()).values()
+        if v["key"] == [("meetingLink", 1)]
+    ]
+    assert existing.get("unique") is not True and existing.get("sparse") is not True, existing
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    assert "meetingLink" in warnings[0].getMessage() and "sessions" in warnings[0].getMessage()
+    # the other indexes are there all the same, and the store works
+    audit = await db["videocallauditlogs"].index_information()
+    assert any(v.get("expireAfterSeconds") == AUDIT_TTL_SECONDS for v in audit.values())
+    user = await store.create_user(name="C", email="c@example.test", role="client")
+    assert (await store.get_user(user.id)) is not None

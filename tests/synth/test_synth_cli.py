@@ -210,7 +210,9 @@ async def test_short_call_report_is_complete_and_plausible(relay_url: str, tmp_p
     assert (s["calls"], s["calls_ok"], s["participants"], s["streams_flowing"]) == (1, 1, 2, 2)
     for key in ("join_to_first_frame_ms", "video_latency_ms", "audio_latency_ms"):
         _plausible_ms(s[key])
-    assert 5 <= s["fps_min"] <= 16
+    # the publisher paints 15 fps: every stream shows new pictures, never more than painted
+    # (how close to 15 it stays on a loaded machine is a benchmark figure, not a test)
+    assert 0 < s["fps_min"] <= 16
     assert s["video_kbps"]["p50"] > 20 and s["audio_kbps"]["p50"] > 5
     assert s["video_loss_pct"] is not None and s["intact_pct"] > 50
     (call,) = report["calls"]
@@ -218,17 +220,9 @@ async def test_short_call_report_is_complete_and_plausible(relay_url: str, tmp_p
     for stream in call["streams"]:
         assert stream["decoded"] and stream["video"]["frames_decoded"] > 0
         _plausible_ms(stream["video"]["latency_ms"])
-    if _has_matplotlib():
-        assert (plots / "latency.png").stat().st_size > 1000
-        assert (plots / "bitrate.png").stat().st_size > 1000
-
-
-def _has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # matplotlib comes with the qa extra the test command installs: the plots must be there
+    assert (plots / "latency.png").stat().st_size > 1000
+    assert (plots / "bitrate.png").stat().st_size > 1000
 
 
 async def test_cheap_calls_in_worker_processes_behind_lossy_link(
@@ -252,7 +246,12 @@ async def test_cheap_calls_in_worker_processes_behind_lossy_link(
     assert s["video_latency_ms"]["n"] == 0
     # 5 % each way ≈ 10 % end to end; generous bounds
     assert 2 < s["video_loss_pct"] < 30, s
-    assert s["video_residual_loss_pct"] <= s["video_loss_pct"], s
+    # NACK/RTX really recovered packets: on the uplink (the relay asks the publisher) and on the
+    # downlink (the relay answers the subscriber from its history), so what stays lost after
+    # RTX is well below the raw loss
+    recovered = sum(st["video"].get("recovered", 0) for c in report["calls"] for st in c["streams"])
+    assert recovered > 0, s
+    assert s["video_residual_loss_pct"] < s["video_loss_pct"] / 2, s
     assert report["impairment"]["loss_pct"] == 5
     assert report["target"]["clients_use"] == relay_url  # a local address: reached directly
 

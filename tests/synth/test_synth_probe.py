@@ -98,7 +98,9 @@ async def test_probe_consumes_track_until_it_ends() -> None:
     await probe.wait_for_frames(5, timeout=3.0, intact=True)
     assert probe.source_ids_seen == {6}
     assert probe.latencies_ms
-    assert all(-1 <= v < 100 for v in probe.latencies_ms)  # same host, in-process
+    # same host, in-process: never negative (capture is stamped before the probe sees it);
+    # how large under load is scheduling, not the probe
+    assert all(v >= -1 for v in probe.latencies_ms)
     track.stop()
     with pytest.raises(TimeoutError, match="track ended"):
         await probe.wait_for_frames(1000, timeout=3.0)
@@ -149,7 +151,7 @@ async def test_audio_probe_on_live_track() -> None:
     await probe.wait_for_marks(1, timeout=3.0)
     await probe.wait_for_tone(timeout=3.0)
     assert probe.first_audio_at is not None
-    # in-process: only scheduling jitter
-    assert all(-5 <= v < 150 for v in probe.mark_latencies_ms)
+    # in-process: only scheduling delay, which is never negative (a mark is never heard early)
+    assert all(v >= -5 for v in probe.mark_latencies_ms)
     await probe.stop()
     track.stop()

@@ -181,3 +181,14 @@ def test_any_source_tone_when_no_source_given() -> None:
     assert det.tone_present
     assert det.heard_source_slot == 7
     assert det.tone_amplitude == pytest.approx(0.06, abs=0.01)
+    # 50 x 20 ms = 1 s = ten 100 ms windows, every one heard as slot 7 and nobody else
+    assert det.heard_slots == {7: 10}
+
+
+def test_heard_slots_tell_who_spoke() -> None:
+    """A listener that gets another source after the first counts both: identity, not presence."""
+    first = ToneGenerator(3).sample_index(START)
+    det = MarkDetector()
+    for k, gen in enumerate([ToneGenerator(3)] * 25 + [ToneGenerator(12)] * 25):
+        det.feed_samples(gen.render(first + k * 960, 960), (first + (k + 1) * 960) / SR)
+    assert det.heard_slots == {3: 5, 12: 5}

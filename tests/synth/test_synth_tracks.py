@@ -29,7 +29,8 @@ async def test_video_track_paced_and_stamped() -> None:
         stamps.append(time.time() * 1000)
     elapsed = time.monotonic() - t0
     track.stop()
-    assert 9 / 30 - 0.02 <= elapsed < 9 / 30 + 0.5
+    # paced: never faster than 30 fps (how late a loaded machine makes it is not a property)
+    assert elapsed >= 9 / 30 - 0.02
     pts = [f.pts or 0 for f in frames]
     assert pts[0] == 0
     assert all(b - a == 3000 for a, b in itertools.pairwise(pts))
@@ -39,8 +40,9 @@ async def test_video_track_paced_and_stamped() -> None:
     assert [i.frame_index for i in infos if i] == list(range(10))
     caps = [i.capture_ms for i in infos if i]
     assert caps == sorted(caps)
+    # stamped when produced: never after the consumer got the frame, and in production order
     for cap, seen in zip(caps, stamps, strict=True):
-        assert seen - 200 <= cap <= seen + 1
+        assert cap <= seen + 1
     assert track.frames_sent == 10
     with pytest.raises(MediaStreamError):
         await track.recv()
@@ -79,17 +81,18 @@ async def test_audio_track_paced_and_wall_clock_aligned() -> None:
     assert all(f.samples == 960 and f.sample_rate == SAMPLE_RATE for f in frames)
     assert all(f.format.name == "s16" and f.layout.name == "mono" for f in frames)
     assert [f.pts for f in frames] == [k * 960 for k in range(10)]
-    # paced in real time: 9 frame periods between the first and last frame
-    assert 0.18 - 0.02 <= arrivals[-1] - arrivals[0] < 0.18 + 0.3
+    # paced in real time: at least 9 frame periods between the first and last frame
+    assert arrivals[-1] - arrivals[0] >= 0.18 - 0.02
     # content equals the wall-clock-addressed generator output
     origin = track.origin_sample
     assert origin is not None
     for k, frame in enumerate(frames):
         expected = track.generator.render(origin + k * 960, 960)
         assert np.array_equal(frame.to_ndarray().ravel(), expected)
-        # frame k is returned once its last sample is "captured"
+        # frame k is returned once its last sample is "captured", never before (the 5 ms
+        # cover the wall and monotonic clocks' disagreement; lateness is load, not asserted)
         end_time = (origin + (k + 1) * 960) / SAMPLE_RATE
-        assert end_time - 0.005 <= arrivals[k] <= end_time + 0.1
+        assert arrivals[k] >= end_time - 0.005
     with pytest.raises(MediaStreamError):
         await track.recv()
 

@@ -8,6 +8,7 @@ drop (this kernel has no netem). A second, healthy subscriber must not suffer fo
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import threading
 import uuid
@@ -24,9 +25,11 @@ from smiling_relay.app import RELAY_KEY
 from storage.base import Storage
 from synth import netns
 from synth.client import CallClient
+from synth.probe import VideoProbe
 from synth.tracks import PatternVideoTrack
-from tests.helpers import BookingFactory
+from tests.helpers import Booking, BookingFactory
 from tests.relay.helpers import open_room, sees
+from tests.relay.media.conftest import ClientMaker
 from tests.waiting import eventually
 
 RELAY_SIDE = "10.78.0.1"
@@ -75,6 +78,28 @@ async def received_bitrate(stats: StreamStats, window: float = 2.0) -> float:
     start_bytes, start = stats.bytes, loop.time()
     await asyncio.sleep(window)
     return (stats.bytes - start_bytes) * 8 / (loop.time() - start)
+
+
+async def decodes_more(probe: VideoProbe, frames: int, what: str, stall: float = 20.0) -> None:
+    """`probe` decodes `frames` more intact pictures, failing only if none arrives for `stall` s.
+
+    The probe lives on the viewer thread's event loop: it is polled (plain counters), never
+    awaited from this loop. Progress, not a total deadline, is the condition: a loaded machine
+    slows the pictures down, a broken leg stops them.
+    """
+    target = probe.frames_intact + frames
+    while probe.frames_intact < target:
+        seen = probe.frames_intact
+
+        def moved(seen: int = seen) -> bool:
+            return probe.frames_intact > seen or probe.ended
+
+        await eventually(
+            moved,
+            f"{what}: another intact picture ({seen} of {target}; {probe.summary()})",
+            stall,
+        )
+        assert not probe.ended, f"{what}: the track ended; {probe.summary()}"
 
 
 @dataclass
@@ -153,7 +178,7 @@ async def test_lossy_constrained_subscriber_gets_video_and_the_publisher_slows_d
             "the impaired viewer's track",
         )
         lossy = viewer.video_probe(publisher.socket_id)
-        await lossy.wait_for_frames(30, 60, intact=True)
+        await decodes_more(lossy, 30, "the impaired viewer")
 
         lossy_leg = next(
             f.forwarder
@@ -179,8 +204,11 @@ async def test_lossy_constrained_subscriber_gets_video_and_the_publisher_slows_d
         while rate > 0.8 * unconstrained_rate and asyncio.get_running_loop().time() < deadline:
             rate = await received_bitrate(video.stats)
         assert rate <= 0.8 * unconstrained_rate, (unconstrained_rate, rate)
-        # still watchable: pictures keep arriving intact on the lossy leg
-        await lossy.wait_for_more_frames(30, 60)
+        # still watchable: pictures keep arriving intact on the lossy leg, and they are the
+        # publisher's (source 5), nobody else's
+        await decodes_more(lossy, 30, "the impaired viewer")
+        assert lossy.source_ids_seen == {5}, lossy.summary()
+        assert lossy.last_info is not None and lossy.last_info.source_id == 5
         # and the healthy viewer is untouched by its neighbour's losses: it keeps decoding and
         # its own reports show no loss, so nothing had to be resent to it
         healthy_probe = healthy.video_from(publisher.socket_id or "")
@@ -195,9 +223,74 @@ async def test_lossy_constrained_subscriber_gets_video_and_the_publisher_slows_d
         )
         assert healthy_leg.stats.packets_lost == 0
         assert healthy_leg.stats.retransmits == 0
+        # the lossy viewer's NACKs were answered from the relay's history, never passed up: the
+        # publisher's loss-free uplink saw no NACK at all, whatever the lossy leg asked for
+        assert lossy_leg.stats.retransmits > 0
+        assert video.stats.nacks == 0, (video.stats.nacks, lossy_leg.stats.retransmits)
+        assert healthy_probe.source_ids_seen == {5}, healthy_probe.summary()
     finally:
         viewer.stop.set()
         if thread.is_alive():
             await asyncio.to_thread(thread.join, 20)
         await publisher.close()
         await healthy.close()
+
+
+def _publisher_ports(client: CallClient) -> set[int]:
+    assert client.publisher is not None
+    ports = set()
+    for transceiver in client.publisher.getTransceivers():
+        gatherer = transceiver.sender.transport.transport.iceGatherer
+        ports |= {c.port for c in gatherer.getLocalCandidates()}
+    return ports
+
+
+def _dropped(table: str) -> int:
+    listing = subprocess.run(
+        ["nft", "list", "table", "inet", table], text=True, check=True, capture_output=True
+    ).stdout
+    found = re.search(r"counter packets (\d+)", listing)
+    assert found, listing
+    return int(found[1])
+
+
+async def test_a_lossy_publisher_uplink_is_repaired_by_nack_and_rtx(
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
+) -> None:
+    """5 % of what the publisher sends is dropped on its way to the relay: the relay asks it to
+    resend (NACK), it resends over RTX, and the relay forwards the repaired stream, so the viewer
+    misses far fewer packets than the uplink lost."""
+    booking, room_id = booked_room
+    publisher = await make_client(booking.client_token)
+    viewer = await make_client(booking.psychologist_token)
+    await publisher.join(room_id)
+    await publisher.publish(PatternVideoTrack(source_id=8, width=640, height=480, fps=30))
+    await viewer.join(room_id)
+    await sees(viewer, publisher, source_id=8)
+    producer = next(
+        p
+        for p in relay.rooms[room_id].participants[publisher.socket_id or ""].producers.values()
+        if p.kind == "video"
+    )
+    listed = ", ".join(str(p) for p in sorted(_publisher_ports(publisher)))
+    rules = (
+        "table inet lossy_uplink {\n chain out {\n"
+        "  type filter hook output priority 0; policy accept;\n"
+        f"  udp sport {{ {listed} }} numgen random mod 100 < 5 counter drop\n }}\n}}\n"
+    )
+    counter = viewer.counter_from(publisher.socket_id or "", "video")
+    assert counter is not None
+    lost_before, nacks_before = counter.lost, producer.stats.nacks
+    subprocess.run(["nft", "-f", "-"], input=rules, text=True, check=True, capture_output=True)  # noqa: ASYNC221
+    try:
+        probe = viewer.video_from(publisher.socket_id or "")
+        assert probe is not None
+        await eventually(lambda: _dropped("lossy_uplink") >= 60, "60 packets lost upstream", 60)
+        await probe.wait_for_more_frames(30, 60)  # still intact pictures, from the publisher
+        assert probe.last_info is not None and probe.last_info.source_id == 8
+        dropped = _dropped("lossy_uplink")
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", "lossy_uplink"], capture_output=True)  # noqa: ASYNC221
+    assert producer.stats.nacks > nacks_before, producer.stats
+    viewer_lost = counter.lost - lost_before
+    assert viewer_lost <= dropped / 4, (viewer_lost, dropped, producer.stats)

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from relay.sfu import Relay
 from storage.base import Storage
 from synth.client import CallClient, SignalingError
+from synth.tracks import PatternVideoTrack
 from tests.helpers import ADMIN_ID, Booking, BookingFactory
 from tests.relay.helpers import connected_pair, join_and_publish, open_room, sees
 from tests.relay.media.conftest import ClientMaker
@@ -53,13 +54,11 @@ async def test_late_joiner_gets_a_keyframe_at_once(
     requests_before = video.stats.keyframe_requests
 
     late = await make_client(booking.psychologist_token)
-    started = time.monotonic()
     await late.join(room_id)
+    # Without the relay's keyframe request the late joiner would wait for the encoder's next
+    # periodic keyframe (minutes with aiortc's VP8 encoder), far beyond `sees`' bounded wait;
+    # how fast it is is the benchmark's figure, not asserted here.
     await sees(late, early, source_id=1, frames=1)
-    # Generous bound: without the relay's keyframe request the late joiner would wait for the
-    # encoder's next periodic keyframe (minutes with aiortc's VP8 encoder). The figure itself is
-    # measured by the benchmark, not asserted here.
-    assert time.monotonic() - started < 5
     assert video.stats.keyframe_requests > requests_before
 
 
@@ -79,6 +78,8 @@ async def test_reload_replaces_the_old_connection_without_renegotiating(
 
     replaced = await first.wait_for("error", lambda d: d["code"] == "REPLACED")
     assert replaced["data"]["details"]["reason"] == "replaced"
+    await first.wait_until(lambda: first.closed_code is not None, "the old socket to close")
+    assert first.closed_code == 4409
     left = await stayer.wait_for("user-left", after=mark)
     assert left["data"] == {
         "socketId": first.socket_id,
@@ -239,6 +240,51 @@ async def test_a_client_that_falls_silent_is_dropped(
         assert relay.active_participants() == 1
     finally:
         subprocess.run(["nft", "delete", "table", "inet", "silence"], capture_output=True)  # noqa: ASYNC221
+
+
+async def test_a_closed_socket_is_told_to_the_others_as_disconnected(
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
+) -> None:
+    booking, room_id = booked_room
+    stayer, leaver = await connected_pair(
+        make_client, room_id, booking.client_token, booking.psychologist_token
+    )
+    mark = len(stayer.history)
+    await leaver.close()  # the tab is closed: no leave-room, the socket just goes
+    left = await stayer.wait_for("user-left", after=mark)
+    assert left["data"] == {
+        "socketId": leaver.socket_id,
+        "userId": booking.psychologist.id,
+        "reason": "disconnected",
+    }
+    assert relay.active_participants() == 1
+
+
+async def test_a_media_connection_that_cannot_connect_is_told_as_ice_failed(
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
+) -> None:
+    """A client that offers no usable candidate (relay-only, without a TURN server: what a
+    network blocking UDP leaves): the relay's ICE fails and the others get `ice-failed`."""
+    booking, room_id = booked_room
+    stayer = await make_client(booking.client_token)
+    await join_and_publish(stayer, room_id, source_id=1)
+    failures_before = relay.stats.connection_failures["ice"]
+    stranded = await make_client(booking.psychologist_token, relay_only=True)
+    await stranded.join(room_id)
+    mark = len(stayer.history)
+    await stranded.publish(PatternVideoTrack(source_id=2))
+    left = await stayer.wait_for("user-left", after=mark, timeout=30)
+    assert left["data"] == {
+        "socketId": stranded.socket_id,
+        "userId": booking.psychologist.id,
+        "reason": "ice-failed",
+    }
+    ended = await stranded.wait_for("error", lambda d: d["details"].get("reason") == "ice-failed")
+    assert ended["data"]["code"] == "CONNECTION_FAILED"
+    await stranded.wait_until(lambda: stranded.closed_code is not None, "the socket to close")
+    assert stranded.closed_code == 4000
+    assert relay.stats.connection_failures["ice"] == failures_before + 1
+    assert relay.active_participants() == 1
 
 
 async def test_reloading_alone_keeps_the_room_for_the_other_participant(
