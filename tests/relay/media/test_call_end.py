@@ -4,6 +4,7 @@ gone, the media stopped, and no way back in (REST end, and the server's stale-ca
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import timedelta
 
 import aiohttp
@@ -12,6 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from api.keys import SERVICE_KEY
 from relay.sfu import Relay
+from relay.stats import StreamStats
 from storage.base import Storage
 from synth.client import CallClient, SignalingError
 from tests.helpers import Booking, FakeClock, auth_headers, data_of
@@ -24,18 +26,18 @@ CLOSE_ENDED = 4000
 STILL_FOR = 1.5
 
 
-def _forwarded(relay: Relay, room_id: str) -> list[object]:
+def _forwarded(relay: Relay, room_id: str) -> list[StreamStats]:
     """The stats objects of every stream the relay forwards in this room (they outlive it)."""
     room = relay.rooms[room_id]
     return [slot.forwarder.stats for p in room.participants.values() for slot in p.slots]
 
 
-def _packets(stats: list[object]) -> int:
-    return sum(s.packets for s in stats)  # type: ignore[attr-defined]
+def _packets(stats: list[StreamStats]) -> int:
+    return sum(s.packets for s in stats)
 
 
 async def _assert_told_and_closed(
-    client: CallClient, room_id: str, booking: Booking, ended_by: dict[str, object], minutes: int
+    client: CallClient, room_id: str, booking: Booking, ended_by: Mapping[str, object], minutes: int
 ) -> None:
     message = await client.wait_for("call-ended", timeout=15)
     assert message["data"] == {
@@ -50,7 +52,7 @@ async def _assert_told_and_closed(
     assert client.history[-1]["event"] == "call-ended"
 
 
-async def _media_stopped(relay: Relay, stats: list[object]) -> None:
+async def _media_stopped(relay: Relay, stats: list[StreamStats]) -> None:
     before = _packets(stats)
     await asyncio.sleep(STILL_FOR)  # an interval measured, not a condition waited for
     assert _packets(stats) == before
