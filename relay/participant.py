@@ -473,9 +473,11 @@ class Participant:
         def on_state() -> None:
             state = pc.connectionState
             # aiortc closes a connection itself when ICE consent lapses after connecting (its
-            # DTLS transport ends, then the whole connection): a close we did not ask for is a
-            # failure, not a state to wait out until the silence timeout.
-            if state in ("failed", "closed") and not self.closed:
+            # DTLS transport ends, then the whole connection): that close is a failure, not a
+            # state to wait out until the silence timeout. (A peer's own DTLS shutdown is not:
+            # its socket or the silence timeout tells how it left.)
+            failed = state == "failed" or (state == "closed" and _aiortc.consent_expired(pc))
+            if failed and not self.closed:
                 failure = (
                     ConnectionFailure.DTLS
                     if state == "failed" and pc.iceConnectionState != "failed"
