@@ -447,7 +447,8 @@ class CallService:
 
         `occupied_rooms`: the room ids with participants right now (the relay's). The end time
         is when the room was first seen empty (else now), so the duration is the call's. Each end
-        is audited as `call_end` with the reason; a call ended meanwhile by a client is left.
+        is audited as `call_end` with the reason, and told to the `on_call_ended` listeners (a
+        call still occupied is closed in the relay); a call ended meanwhile by a client is left.
         Run periodically by the composition root.
         """
         now = self.clock()
