@@ -65,6 +65,8 @@ JOIN_ENDPOINT = "WS join-room"
 SERVER_ORIGIN = Origin(ip_address=None, user_agent=None, endpoint="server: stale-call check")
 # Why the server ended a call (the `call_end` audit entry's reason).
 ROOM_EMPTY = "room_empty"
+# Who ended a call the server ended (`CallEnded.ended_by_role`).
+SERVER_ROLE = "server"
 WINDOW_CLOSED = "window_closed"
 
 
@@ -122,6 +124,22 @@ class Ended:
 
 
 @dataclass(frozen=True)
+class CallEnded:
+    """A live call was just ended (by a participant or admin through REST, or by the server)."""
+
+    session_id: str
+    room_id: str | None
+    # Who ended it: a user id and their seat's role, or None and "server" for the server.
+    ended_by_user_id: str | None
+    ended_by_role: str
+    duration_minutes: int | None
+
+
+# Told when a call ends, awaited in turn; the composition root closes the relay's room with it.
+CallEndedListener = Callable[[CallEnded], Awaitable[None]]
+
+
+@dataclass(frozen=True)
 class History:
     sessions: list[SessionRecord]
     users: Mapping[str, UserRecord]
@@ -176,6 +194,18 @@ class CallService:
         self._secret = secret
         # Started calls seen with an empty room: since when (session id → first seen empty).
         self._empty_since: dict[str, datetime] = {}
+        self._call_ended_listeners: list[CallEndedListener] = []
+
+    def on_call_ended(self, listener: CallEndedListener) -> None:
+        """Have `listener` told whenever a call ends here (once per call: the first end wins)."""
+        self._call_ended_listeners.append(listener)
+
+    async def _call_ended(self, ended: CallEnded) -> None:
+        for listener in self._call_ended_listeners:
+            try:
+                await listener(ended)
+            except Exception:  # the call is ended in storage whatever a listener does
+                log.exception("a call-ended listener failed", extra={"call_id": ended.room_id})
 
     # -- who is calling -------------------------------------------------------------------
 
@@ -329,6 +359,16 @@ class CallService:
             duration=session.call_duration,
             metadata={"alreadyEnded": already_ended},
         )
+        if not already_ended:
+            await self._call_ended(
+                CallEnded(
+                    session_id=session.id,
+                    room_id=session.meeting_link,
+                    ended_by_user_id=access.identity.user_id,
+                    ended_by_role=access.decision.participant_role or access.identity.role,
+                    duration_minutes=session.call_duration,
+                )
+            )
         return Ended(session, already_ended)
 
     async def view(self, access: SessionAccess) -> SessionView:
@@ -407,7 +447,8 @@ class CallService:
 
         `occupied_rooms`: the room ids with participants right now (the relay's). The end time
         is when the room was first seen empty (else now), so the duration is the call's. Each end
-        is audited as `call_end` with the reason; a call ended meanwhile by a client is left.
+        is audited as `call_end` with the reason, and told to the `on_call_ended` listeners (a
+        call still occupied is closed in the relay); a call ended meanwhile by a client is left.
         Run periodically by the composition root.
         """
         now = self.clock()
@@ -469,6 +510,16 @@ class CallService:
             reason,
             stored.call_duration,
             extra={"call_id": stored.meeting_link},
+        )
+        # Past its window a call may still be occupied: its participants are told and let go.
+        await self._call_ended(
+            CallEnded(
+                session_id=stored.id,
+                room_id=stored.meeting_link,
+                ended_by_user_id=None,
+                ended_by_role=SERVER_ROLE,
+                duration_minutes=stored.call_duration,
+            )
         )
         return Ended(stored, already_ended=False)
 

@@ -471,11 +471,17 @@ class Participant:
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
-            if pc.connectionState == "failed" and not self.closed:
+            state = pc.connectionState
+            # aiortc closes a connection itself when ICE consent lapses after connecting (its
+            # DTLS transport ends, then the whole connection): that close is a failure, not a
+            # state to wait out until the silence timeout. (A peer's own DTLS shutdown is not:
+            # its socket or the silence timeout tells how it left.)
+            failed = state == "failed" or (state == "closed" and _aiortc.consent_expired(pc))
+            if failed and not self.closed:
                 failure = (
-                    ConnectionFailure.ICE
-                    if pc.iceConnectionState == "failed"
-                    else ConnectionFailure.DTLS
+                    ConnectionFailure.DTLS
+                    if state == "failed" and pc.iceConnectionState != "failed"
+                    else ConnectionFailure.ICE
                 )
                 self._stats.connection_failures[failure] += 1
                 self._owner.drop(self, LeaveReason.ICE_FAILED)

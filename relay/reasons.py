@@ -16,3 +16,4 @@ class LeaveReason(StrEnum):
     ICE_FAILED = "ice-failed"  # a media connection failed (ICE or DTLS)
     TIMEOUT = "timeout"  # no RTCP for `silence_timeout` although ICE still looked alive
     SHUTDOWN = "shutdown"  # the relay is closing
+    CALL_ENDED = "call-ended"  # the call was ended (through the API, or by the server)

@@ -30,7 +30,7 @@ class RoomFull(Exception):
 class RoomOwner(Protocol):
     """What a room needs from the relay that opened it (`relay.sfu.Relay` implements it)."""
 
-    async def close_room(self, room: Room) -> None:
+    async def close_room(self, room: Room, reason: LeaveReason = LeaveReason.SHUTDOWN) -> None:
         """The room emptied: forget it, tear it down and report the call closed."""
         ...
 
@@ -195,12 +195,12 @@ class Room:
                         extra={"call_id": self.room_id, "connection_id": participant.socket_id},
                     )
 
-    async def close(self) -> None:
-        """Tear the room down (relay shutdown); participants are told the call is over."""
+    async def close(self, reason: LeaveReason = LeaveReason.SHUTDOWN) -> None:
+        """Tear the room down (relay shutdown, call ended); each participant is told `reason`."""
         self.closed = True
         self._rtcp_task.cancel()
         for participant in list(self.participants.values()):
             self._remember(participant)
             await participant.close()
-            participant.listener.closed_by_relay(LeaveReason.SHUTDOWN)
+            participant.listener.closed_by_relay(reason)
         self.participants.clear()

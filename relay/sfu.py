@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from relay import _aiortc
+from relay.reasons import LeaveReason
 from relay.room import Room
 from relay.settings import RelaySettings
 from relay.stats import CallClosed, RelayStats, StreamSample
@@ -38,12 +39,12 @@ class Relay:
             self.stats.rooms_opened += 1
         return room
 
-    async def close_room(self, room: Room) -> None:
+    async def close_room(self, room: Room, reason: LeaveReason = LeaveReason.SHUTDOWN) -> None:
         if self.rooms.get(room.room_id) is room:
             del self.rooms[room.room_id]
         if room.closed:
             return
-        await room.close()
+        await room.close(reason)
         self.stats.rooms_closed += 1
         event = CallClosed(
             call=room.room_id,
@@ -58,6 +59,14 @@ class Relay:
                 listener(event)
             except Exception:
                 logger.exception("a call-closed listener failed", extra={"call_id": room.room_id})
+
+    async def end_call(self, room_id: str) -> bool:
+        """Close the room with this id, its participants told `CALL_ENDED`; False if none."""
+        room = self.rooms.get(room_id)
+        if room is None:
+            return False
+        await self.close_room(room, LeaveReason.CALL_ENDED)
+        return True
 
     def on_call_closed(self, listener: CallClosedListener) -> None:
         self._call_closed_listeners.append(listener)

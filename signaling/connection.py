@@ -17,7 +17,7 @@ from calls.audit import Origin
 from calls.errors import CallError, ErrorKind
 from calls.identity import Identity
 from calls.log_context import CALL_ID, CONNECTION_ID
-from calls.service import JOIN_ENDPOINT, CallService, RoomIsFull, Seat
+from calls.service import JOIN_ENDPOINT, CallEnded, CallService, RoomIsFull, Seat
 from relay.candidates import CandidateError
 from relay.negotiation import NegotiationError
 from relay.participant import Participant, ParticipantInfo, TrackInfo
@@ -97,6 +97,8 @@ class SignalingConnection:
         self._sessions = sessions or Occupancy(limits.max_sessions_per_user)
         self._session: Place | None = None
         self._on_authenticated = on_authenticated
+        # How the call ended, set by `end_call` just before the relay closes the room.
+        self.call_ended: CallEnded | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -397,7 +399,13 @@ class SignalingConnection:
 
     def closed_by_relay(self, reason: LeaveReason) -> None:
         """The relay removed this participant (replaced by a reload, ICE failure, shutdown)."""
+        room = self.room
         self.room = self.participant = None
+        if reason is LeaveReason.CALL_ENDED:
+            room_id = room.room_id if room is not None else None
+            self._send("call-ended", protocol.call_ended_json(room_id, self.call_ended))
+            self._outbox.put_nowait({"close": CLOSE_ENDED})
+            return
         code, message = protocol.CLOSED_BY_RELAY.get(reason, protocol.CLOSED_BY_RELAY_DEFAULT)
         self._send_error(code, message, {"reason": str(reason)})
         replaced = reason is LeaveReason.REPLACED
@@ -430,3 +438,20 @@ class SignalingConnection:
 
     async def _close(self, code: int) -> None:
         self._outbox.put_nowait({"close": code})
+
+
+async def end_call(relay: Relay, ended: CallEnded) -> None:
+    """A call ended: its participants get `call-ended`, then their sockets close (4000).
+
+    The composition root hands this to `CallService.on_call_ended`; the relay only learns the
+    reason (`CALL_ENDED`), the connections learn who ended the call and its duration here.
+    """
+    if ended.room_id is None:
+        return
+    room = relay.rooms.get(ended.room_id)
+    if room is None:
+        return  # nobody is in the call
+    for participant in room.participants.values():
+        if isinstance(participant.listener, SignalingConnection):
+            participant.listener.call_ended = ended
+    await relay.end_call(ended.room_id)

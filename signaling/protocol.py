@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from calls.client_json import ClientJsonError, load_client_json
+from calls.service import CallEnded
 from relay.participant import MediaState, Participant, TrackInfo
 from relay.reasons import LeaveReason
 
@@ -39,6 +40,7 @@ SERVER_EVENTS = (
     "tracks",
     "media-state",
     "room-left",
+    "call-ended",
     "pong",
     "e2ee-key",
     "error",
@@ -226,6 +228,18 @@ def participant_json(participant: Participant) -> dict[str, Any]:
 
 def outbound(event: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"event": event, "data": data}
+
+
+def call_ended_json(room_id: str | None, ended: CallEnded | None) -> dict[str, Any]:
+    """`call-ended`: who ended the call (a user and their role, or the server) and its length."""
+    if ended is None:  # the relay closed the room for a call it was not told about
+        return {"roomId": room_id, "sessionId": None, "endedBy": None, "durationMinutes": None}
+    return {
+        "roomId": ended.room_id or room_id,
+        "sessionId": ended.session_id,
+        "endedBy": {"userId": ended.ended_by_user_id, "role": ended.ended_by_role},
+        "durationMinutes": ended.duration_minutes,
+    }
 
 
 def error_event(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:

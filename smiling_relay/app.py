@@ -27,6 +27,7 @@ from metrics.setup import Metrics, setup_metrics
 from relay.candidates import PeerPolicy, parse_ranges
 from relay.settings import RelaySettings
 from relay.sfu import Relay
+from signaling.connection import end_call
 from signaling.limits import SignalingLimits
 from signaling.origins import OriginPolicy
 from signaling.protocol import CLIENT_EVENTS, SERVER_EVENTS
@@ -130,6 +131,8 @@ def create_app(
         origins=OriginPolicy.of(config.cors_origins, config.public_url),
     )
     setup_metrics(app, metrics)
+    # An ended call ends in the relay too: its participants are told and let go.
+    service.on_call_ended(lambda ended: end_call(app[RELAY_KEY], ended))
     _setup_web_client(app, web_dir or WEB_DIR)
 
     # Started in this order, stopped in reverse: the relay's teardown may still write to

@@ -23,6 +23,7 @@ from relay._aiortc.gathering import (
 from relay._aiortc.hooks import (
     IdleTrack,
     codec_work,
+    consent_expired,
     dtls_transport_of,
     keep_decoder_stopped,
     receiver_codecs,
@@ -49,6 +50,7 @@ __all__ = [
     "SelectedPair",
     "bind_udp",
     "codec_work",
+    "consent_expired",
     "dtls_transport_of",
     "ice_sockets",
     "keep_decoder_stopped",

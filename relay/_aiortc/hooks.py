@@ -22,6 +22,18 @@ def dtls_transport_of(pc: RTCPeerConnection) -> RTCDtlsTransport | None:
     return None
 
 
+def consent_expired(pc: RTCPeerConnection) -> bool:
+    """Whether aioice gave this connection's ICE up because consent lapsed (RFC 7675).
+
+    aioice then closes the ICE connection itself, and aiortc follows by closing the whole peer
+    connection (state `closed`, not `failed`). It clears its consent task just before; a close
+    for any other reason (ours, or the peer's DTLS shutdown) cancels the task and keeps it.
+    """
+    dtls = dtls_transport_of(pc)
+    connection = getattr(dtls.transport, "_connection", None) if dtls is not None else None
+    return connection is not None and connection._query_consent_task is None
+
+
 def sender_ssrcs(sender: RTCRtpSender) -> tuple[int, int]:
     """(media SSRC, RTX SSRC) aiortc put into the SDP for this sender."""
     return sender._ssrc, sender._rtx_ssrc

@@ -55,8 +55,9 @@ def _instance_problems() -> list[str]:
         f"RTCDtlsTransport has no {n}" for n in ("_rx_srtp", "_tx_srtp") if not hasattr(dtls, n)
     ]
     connection = getattr(dtls.transport, "_connection", None)
-    if not hasattr(connection, "_nominated") or not hasattr(connection, "data_received"):
-        problems.append("aioice Connection has no _nominated / data_received")
+    for name in ("_nominated", "data_received", "_query_consent_task"):
+        if not hasattr(connection, name):
+            problems.append(f"aioice Connection has no {name}")
     for name in ("_ssrc", "_rtx_ssrc"):
         if not isinstance(getattr(transceiver.sender, name, None), int):
             problems.append(f"RTCRtpSender has no integer {name}")

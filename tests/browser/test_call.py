@@ -148,6 +148,9 @@ async def test_client_and_psychologist_call_end_to_end(
     assert stored.call_duration is not None
     assert stored.video_call_started is not None and stored.video_call_ended is not None
 
-    # The client is told the psychologist left and is alone in the call.
-    await pages.wait_remote_count(client, 0)
-    await client.locator("#banner .banner").wait_for(state="visible")
+    # The call ended for everyone: the client's page shows its summary too.
+    await pages.wait_phase(client, "ended")
+    await client.locator("#call-summary").wait_for(state="visible")
+    told = await client.evaluate("window.smilingCall.summary")
+    assert told["endedBy"] == {"userId": therapist.id, "role": "psychologist"}, told
+    assert told["minutes"] == stored.call_duration

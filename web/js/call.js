@@ -312,6 +312,10 @@ export class CallSession extends Emitter {
     signaling.on("tracks", ({ tracks }) => {
       if (current() && Array.isArray(tracks)) this._ensureSubscriber(signaling, generation).setTrackMap(tracks);
     });
+    signaling.on("call-ended", (data) => {
+      // Someone ended the call (or the server did): the relay closes this socket next (4000).
+      if (current()) this._endedElsewhere(data);
+    });
     signaling.on("error", (err) => {
       if (!current()) return;
       this.lastErrorCode = err.code ?? "INTERNAL_ERROR";
@@ -531,17 +535,53 @@ export class CallSession extends Emitter {
         this.lastErrorCode = err.code;
       }
     }
-    this.summary = {
-      seconds: startedAt ? Math.max(0, Math.round((endedAt - startedAt) / 1000)) : 0,
+    this._showSummary({
+      startedAt,
+      endedAt,
       minutes: result?.duration ?? result?.session?.callDuration ?? null,
       status: result?.session?.status ?? null,
+      error,
+      wasInCall,
+      endedBy: null,
+    });
+  }
+
+  /** The call was ended by someone else (`call-ended`): the same summary, no POST end. */
+  _endedElsewhere(data) {
+    if (this.phase === "ending" || this.phase === "ended") return;
+    const endedAt = new Date();
+    const startedAt = this.startedAt;
+    const wasInCall = CONNECTION_PHASES.has(this.phase);
+    clearTimeout(this._recheckTimer);
+    this._setPhase("ending");
+    this._teardownConnections(); // before the relay's close arrives: it must not reconnect
+    this.media.stop();
+    this.participants.clear();
+    this._showSummary({
+      startedAt,
+      endedAt,
+      minutes: data?.durationMinutes ?? null,
+      status: "Completed",
+      error: null,
+      wasInCall,
+      endedBy: data?.endedBy ?? null,
+    });
+  }
+
+  _showSummary({ startedAt, endedAt, minutes, status, error, wasInCall, endedBy }) {
+    this.summary = {
+      seconds: startedAt ? Math.max(0, Math.round((endedAt - startedAt) / 1000)) : 0,
+      minutes,
+      status,
       endedAt,
       error,
+      // Who ended it when it was not this user ({userId, role}; role "server" for the server).
+      endedBy,
       // Only a call that took place can be rated (the server refuses the others).
       rateable: wasInCall && startedAt != null,
     };
     this._setPhase("ended");
-    this._announce("The call has ended.");
+    this._announce(endedBy ? `The call was ended by ${endedByWords(endedBy)}.` : "The call has ended.");
   }
 
   /** Leave quietly when the page goes away (a reload rejoins; it does not end the session). */
@@ -689,3 +729,10 @@ function waitConnected(connection, timeoutMs) {
 }
 
 export { delay };
+
+/** "the psychologist", "the client", "an administrator", "the server (the session's time is over)". */
+export function endedByWords(endedBy) {
+  if (endedBy?.role === "server") return "the server (the session's time is over)";
+  if (endedBy?.role === "admin") return "an administrator";
+  return endedBy?.role ? `the ${endedBy.role}` : "another participant";
+}

@@ -54,7 +54,7 @@ export function installTestHook(app) {
     },
     get summary() {
       const s = app.session?.summary;
-      return s ? { seconds: s.seconds, minutes: s.minutes, status: s.status, error: s.error?.code ?? null } : null;
+      return s ? { seconds: s.seconds, minutes: s.minutes, status: s.status, error: s.error?.code ?? null, endedBy: s.endedBy ?? null } : null;
     },
     get quality() {
       return app.session?.quality.latest ?? null;

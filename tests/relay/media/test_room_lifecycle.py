@@ -304,3 +304,34 @@ async def test_reloading_alone_keeps_the_room_for_the_other_participant(
     joined = await psychologist.join(room_id)
     assert [p["socketId"] for p in joined["participants"]] == [reloaded.socket_id]
     await sees(psychologist, reloaded, source_id=3)
+
+
+@pytest.mark.timeout(120)  # aioice's consent checks need ~30 s to give a dead peer up
+async def test_a_link_cut_after_connecting_is_told_as_ice_failed(
+    booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
+) -> None:
+    """aiortc closes the relay's connections (state `closed`, not `failed`) when ICE consent
+    lapses: that is a failure, told as `ice-failed` before any silence timeout would fire."""
+    relay.settings = dataclasses.replace(relay.settings, silence_timeout=600.0)
+    booking, room_id = booked_room
+    stayer, vanisher = await connected_pair(
+        make_client, room_id, booking.client_token, booking.psychologist_token
+    )
+    failures_before = relay.stats.connection_failures["ice"]
+    mark = len(stayer.history)
+    _drop_udp_from(_local_udp_ports(vanisher))
+    try:
+        left = await stayer.wait_for("user-left", after=mark, timeout=90)
+        assert left["data"] == {
+            "socketId": vanisher.socket_id,
+            "userId": booking.psychologist.id,
+            "reason": "ice-failed",
+        }
+        ended = await vanisher.wait_for(
+            "error", lambda d: d["details"].get("reason") == "ice-failed"
+        )
+        assert ended["data"]["code"] == "CONNECTION_FAILED"
+        assert relay.stats.connection_failures["ice"] == failures_before + 1
+        assert relay.active_participants() == 1
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", "silence"], capture_output=True)  # noqa: ASYNC221

@@ -1,6 +1,7 @@
 // CallSummary: after "End call" — how long the call lasted, what the session was recorded as, and
 // an optional one-click 1–5 rating of the call's quality (POST /api/video-calls/rating/{id}).
 
+import { endedByWords } from "../call.js";
 import { describeError } from "../errors.js";
 import { clear, durationInWords, formatDuration, h, icon } from "./dom.js";
 
@@ -28,6 +29,9 @@ export class CallSummary {
     ];
     if (summary.minutes != null) {
       rows.push(h("dt", { text: "Recorded" }), h("dd", { id: "summary-minutes", text: `${summary.minutes} min` }));
+    }
+    if (summary.endedBy) {
+      rows.push(h("dt", { text: "Ended by" }), h("dd", { id: "summary-ended-by", text: endedByWords(summary.endedBy) }));
     }
     if (summary.status) rows.push(h("dt", { text: "Session" }), h("dd", { id: "summary-status", text: summary.status }));
     const note = summary.error
