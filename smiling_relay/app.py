@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -153,28 +153,46 @@ def _storage_lifetime(
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         await storage.initialize()
         log.info("storage ready (%s)", storage.backend)
-        pruner = asyncio.create_task(_prune_periodically(storage), name="storage-retention")
-        yield
-        pruner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pruner
+        # The retention rules (six months of audit) hold for a process that runs for months.
+        async with _every(lambda: RETENTION_INTERVAL, _prune(storage), "the retention job"):
+            yield
         if owned:
             await storage.close()
 
     return lifetime
 
 
-async def _prune_periodically(storage: Storage) -> None:
-    """The retention rules (six months of audit) hold for a process that runs for months."""
-    while True:
-        await asyncio.sleep(RETENTION_INTERVAL)
-        try:
-            pruned = await storage.prune_expired()
-        except Exception:
-            log.exception("the retention job failed; it runs again in an hour")
-            continue
+def _prune(storage: Storage) -> Callable[[], Awaitable[None]]:
+    async def prune() -> None:
+        pruned = await storage.prune_expired()
         if pruned:
             log.info("retention: %d expired records deleted", pruned)
+
+    return prune
+
+
+@contextlib.asynccontextmanager
+async def _every(
+    interval: Callable[[], float], job: Callable[[], Awaitable[None]], what: str
+) -> AsyncIterator[None]:
+    """Run `job` every `interval()` seconds while the block runs; a failure is logged and the
+    job runs again next time (the interval is read each time, so tests can shorten it)."""
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval())
+            try:
+                await job()
+            except Exception:
+                log.exception("%s failed; it runs again in %.0f s", what, interval())
+
+    task = asyncio.create_task(loop(), name=what)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def _relay_lifetime(settings: RelaySettings) -> Callable[[web.Application], AsyncIterator[None]]:
@@ -195,25 +213,15 @@ def _stale_calls_lifetime(
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         relay = app[RELAY_KEY]
-        task = asyncio.create_task(_end_stale_calls(service, relay, idle_after), name="stale-calls")
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+
+        async def end_stale_calls() -> None:
+            occupied = {room_id for room_id, room in relay.rooms.items() if room.participants}
+            await service.end_stale_calls(occupied, idle_after=idle_after)
+
+        async with _every(lambda: STALE_CALL_INTERVAL, end_stale_calls, "the stale-call check"):
+            yield
 
     return lifetime
-
-
-async def _end_stale_calls(
-    service: CallService, relay: Relay, idle_after: timedelta | None
-) -> None:
-    while True:
-        await asyncio.sleep(STALE_CALL_INTERVAL)
-        occupied = {room_id for room_id, room in relay.rooms.items() if room.participants}
-        try:
-            await service.end_stale_calls(occupied, idle_after=idle_after)
-        except Exception:
-            log.exception("the stale-call check failed; it runs again in a minute")
 
 
 def _setup_web_client(app: web.Application, web_dir: Path) -> None:
