@@ -10,7 +10,7 @@ import pytest
 from storage.base import Storage
 from tests.browser import pages
 from tests.browser.conftest import Browsers, Server
-from tests.helpers import FakeClock, TokenFactory, auth_headers, data_of
+from tests.helpers import BookingFactory, FakeClock, TokenFactory, auth_headers, data_of
 
 pytestmark = [pytest.mark.browser, pytest.mark.netns, pytest.mark.media]
 
@@ -21,20 +21,11 @@ async def test_the_page_shows_the_summary_when_the_other_side_ends_the_call(
     storage: Storage,
     make_token: TokenFactory,
     clock: FakeClock,
+    booking_factory: BookingFactory,
 ) -> None:
-    client_user = await storage.create_user(
-        name="Jordan Lee", email="jordan.lee@example.test", role="client"
-    )
-    therapist = await storage.create_user(
-        name="Dr. Amina Odhiambo", email="amina.odhiambo@example.test", role="psychologist"
-    )
-    session = await storage.create_session(
-        client_id=client_user.id,
-        psychologist_id=therapist.id,
-        session_date=clock() + timedelta(minutes=5),
-        status="Confirmed",
-        payment_status="Paid",
-    )
+    # the users' names are the factory's: the test reads none
+    booking = await booking_factory()
+    client_user, therapist, session = booking.client, booking.psychologist, booking.session
     client = await browsers.page("client", camera="red")
     await client.goto(
         pages.call_url(server.base_url, session.id, make_token(client_user.id, "client"))

@@ -4,7 +4,6 @@ ratings are found through the admin endpoints, joined with the call's quality su
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 from typing import Any
 
 import aiohttp
@@ -14,7 +13,7 @@ from calls.identity import mint_token
 from storage.base import Storage
 from tests.browser import pages
 from tests.browser.conftest import Browsers, Server
-from tests.helpers import ADMIN_ID, TEST_JWT_SECRET, FakeClock, TokenFactory
+from tests.helpers import ADMIN_ID, TEST_JWT_SECRET, BookingFactory, FakeClock, TokenFactory
 
 pytestmark = [pytest.mark.browser, pytest.mark.netns, pytest.mark.media]
 
@@ -34,18 +33,11 @@ async def test_participants_rate_the_call_on_the_summary(
     storage: Storage,
     make_token: TokenFactory,
     clock: FakeClock,
+    booking_factory: BookingFactory,
 ) -> None:
-    client_user = await storage.create_user(name="Ria", email="ria@example.test", role="client")
-    therapist = await storage.create_user(
-        name="Dr. Bo", email="bo@example.test", role="psychologist"
-    )
-    session = await storage.create_session(
-        client_id=client_user.id,
-        psychologist_id=therapist.id,
-        session_date=clock() + timedelta(minutes=5),
-        status="Confirmed",
-        payment_status="Paid",
-    )
+    # the users' names are the factory's: the test reads none
+    booking = await booking_factory()
+    client_user, therapist, session = booking.client, booking.psychologist, booking.session
     sid = session.id
     client = await browsers.page("client")
     psychologist = await browsers.page("psychologist")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import aiohttp
 import pytest
@@ -58,6 +59,37 @@ async def _media_stopped(relay: Relay, stats: list[StreamStats]) -> None:
     assert _packets(stats) == before
 
 
+async def _live_call(
+    make_client: ClientMaker,
+    booking: Booking,
+    room_id: str,
+    relay: Relay,
+    storage: Storage,
+    started_at: datetime,
+) -> tuple[CallClient, CallClient, list[StreamStats]]:
+    """Both participants connected, the call recorded as started (as the start endpoint does)."""
+    client, psychologist = await connected_pair(
+        make_client, room_id, booking.client_token, booking.psychologist_token
+    )
+    await storage.mark_started(booking.session.id, started_at)
+    return client, psychologist, _forwarded(relay, room_id)
+
+
+async def _assert_ended_for_everyone(
+    participants: tuple[CallClient, CallClient],
+    relay: Relay,
+    room_id: str,
+    booking: Booking,
+    who: dict[str, Any],
+    minutes: int,
+    stats: list[StreamStats],
+) -> None:
+    for participant in participants:
+        await _assert_told_and_closed(participant, room_id, booking, who, minutes)
+    assert room_id not in relay.rooms
+    await _media_stopped(relay, stats)
+
+
 async def test_ending_through_rest_ends_the_live_call_for_everyone(
     booked_room: tuple[Booking, str],
     make_client: ClientMaker,
@@ -67,12 +99,10 @@ async def test_ending_through_rest_ends_the_live_call_for_everyone(
     clock: FakeClock,
 ) -> None:
     booking, room_id = booked_room
-    client, psychologist = await connected_pair(
-        make_client, room_id, booking.client_token, booking.psychologist_token
+    # the call started 7 minutes ago
+    client, psychologist, stats = await _live_call(
+        make_client, booking, room_id, relay, storage, clock() - timedelta(minutes=7)
     )
-    # the call started 7 minutes ago (recorded as the start endpoint does)
-    await storage.mark_started(booking.session.id, clock() - timedelta(minutes=7))
-    stats = _forwarded(relay, room_id)
     rising = _packets(stats)
     await client.wait_until(lambda: _packets(stats) > rising, "media to be forwarded")
 
@@ -85,11 +115,8 @@ async def test_ending_through_rest_ends_the_live_call_for_everyone(
     assert ended["alreadyEnded"] is False and ended["duration"] == 7
 
     who = {"userId": booking.psychologist.id, "role": "psychologist"}
-    for participant in (client, psychologist):
-        await _assert_told_and_closed(participant, room_id, booking, who, 7)
-    assert room_id not in relay.rooms
+    await _assert_ended_for_everyone((client, psychologist), relay, room_id, booking, who, 7, stats)
     assert relay.active_participants() == 0
-    await _media_stopped(relay, stats)
 
     # nobody gets back in: the session's call has ended
     again = await make_client(booking.client_token)
@@ -108,11 +135,9 @@ async def test_the_server_ends_an_occupied_call_past_its_window_the_same_way(
     clock: FakeClock,
 ) -> None:
     booking, room_id = booked_room
-    client, psychologist = await connected_pair(
-        make_client, room_id, booking.client_token, booking.psychologist_token
+    client, psychologist, stats = await _live_call(
+        make_client, booking, room_id, relay, storage, clock()
     )
-    await storage.mark_started(booking.session.id, clock())
-    stats = _forwarded(relay, room_id)
     clock.set(booking.session.session_date + timedelta(hours=2, minutes=1))
     occupied = {r for r, room in relay.rooms.items() if room.participants}
     assert room_id in occupied
@@ -122,7 +147,6 @@ async def test_the_server_ends_an_occupied_call_past_its_window_the_same_way(
     assert minutes is not None and minutes > 100
 
     who = {"userId": None, "role": "server"}
-    for participant in (client, psychologist):
-        await _assert_told_and_closed(participant, room_id, booking, who, minutes)
-    assert room_id not in relay.rooms
-    await _media_stopped(relay, stats)
+    await _assert_ended_for_everyone(
+        (client, psychologist), relay, room_id, booking, who, minutes, stats
+    )
