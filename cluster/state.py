@@ -95,8 +95,8 @@ class ClusterState(Protocol):
         ...
 
     async def count(self, key: str, window: float, now: float) -> Hits:
-        """The same counter without a hit (`allowed` is whether a hit would be counted is not
-        known here: it is True)."""
+        """The same counter without counting a hit (`allowed` says whether one more would be
+        counted under the limit the caller knows: backends set it True; see the limiter)."""
         ...
 
     async def ping(self) -> bool:

@@ -46,6 +46,9 @@ MAX_BODY_BYTES = 256 * 1024
 
 # The running relay (set by its cleanup context; the faces get it through `create_app`).
 RELAY_KEY: web.AppKey[Relay] = web.AppKey("relay")
+# What the server awaits on SIGTERM after it stopped accepting connections: the drain (no new
+# calls here, the calls in progress continue until they end or DRAIN_TIMEOUT passes).
+DRAIN_KEY: web.AppKey[Callable[[], Awaitable[None]]] = web.AppKey("drain")
 
 
 def relay_settings(config: Config) -> RelaySettings:
