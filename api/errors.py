@@ -57,6 +57,7 @@ _KIND_STATUS = {
     ErrorKind.NOT_FOUND: 404,
     ErrorKind.CONFLICT: 409,
     ErrorKind.RATE_LIMITED: 429,
+    ErrorKind.UNAVAILABLE: 503,
 }
 # nginx's status for a request whose client went away before the answer (never sent; it is
 # what the access log and the metrics record, so a client's abort never counts as a 500).

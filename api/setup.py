@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api import admin, admin_metrics, health, ratings, routes
+from api import admin, admin_metrics, health, nodes, ratings, routes
 from api.admin_metrics import QualityReader
 from api.errors import call_error_middleware, error_middleware
 from api.keys import (
@@ -26,6 +26,7 @@ from api.middleware import (
     request_id_middleware,
     security_headers,
 )
+from api.nodes import FLEET_KEY, FleetView
 from api.ratelimit import api_rate_limit_middleware
 from calls.ratelimit import RateLimiter
 from calls.ratings import CallRatings, RatingObserver
@@ -45,10 +46,12 @@ def setup_api(
     e2ee: str = "preferred",
     body_timeout: float = BODY_READ_TIMEOUT,
     rating_observer: RatingObserver | None = None,
+    fleet: FleetView | None = None,
 ) -> None:
     """Register `/healthz`, `/api/video-calls/*`, `/api/admin/*` and the REST middlewares.
 
-    `rating_observer` is told of every stored call rating (the metrics side's histogram)."""
+    `rating_observer` is told of every stored call rating (the metrics side's histogram);
+    `fleet` (readiness, the nodes) adds `/readyz` and `/api/admin/nodes`."""
     app[SERVICE_KEY] = service
     app[STORAGE_KEY] = storage
     app[API_RATE_LIMITER_KEY] = rate_limiter
@@ -75,3 +78,6 @@ def setup_api(
     app.add_routes(admin.routes)
     app.add_routes(admin_metrics.routes)
     app.add_routes(ratings.routes)
+    if fleet is not None:
+        app[FLEET_KEY] = fleet
+        app.add_routes(nodes.routes)

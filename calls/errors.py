@@ -22,6 +22,7 @@ class ErrorKind(enum.Enum):
     NOT_FOUND = "not_found"  # no such session or room (404)
     CONFLICT = "conflict"  # the call's state forbids it (409)
     RATE_LIMITED = "rate_limited"  # over the caller's budget (429)
+    UNAVAILABLE = "unavailable"  # the service cannot do it right now, try again (503)
 
 
 # Codes (documented in docs/api.md and docs/signaling.md).

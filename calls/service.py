@@ -440,7 +440,12 @@ class CallService:
     # -- the server's own decisions ------------------------------------------------------
 
     async def end_stale_calls(
-        self, occupied_rooms: Collection[str], *, idle_after: timedelta | None
+        self,
+        occupied_rooms: Collection[str],
+        *,
+        idle_after: timedelta | None,
+        only_rooms: Collection[str] | None = None,
+        reason: str | None = None,
     ) -> list[Ended]:
         """End started calls nobody is in any more: a room empty for `idle_after` (None: never
         for emptiness), or a call past the join window (2 hours after the session's start).
@@ -449,7 +454,8 @@ class CallService:
         is when the room was first seen empty (else now), so the duration is the call's. Each end
         is audited as `call_end` with the reason, and told to the `on_call_ended` listeners (a
         call still occupied is closed in the relay); a call ended meanwhile by a client is left.
-        Run periodically by the composition root.
+        Run periodically by the composition root; a draining node runs it once for the calls it
+        held (`only_rooms`), with its own `reason`.
         """
         now = self.clock()
         ended: list[Ended] = []
@@ -458,6 +464,8 @@ class CallService:
         for gone in set(self._empty_since) - still_open:
             del self._empty_since[gone]
         for session in open_calls:
+            if only_rooms is not None and session.meeting_link not in only_rooms:
+                continue
             occupied = session.meeting_link is not None and session.meeting_link in occupied_rooms
             if occupied:
                 self._empty_since.pop(session.id, None)
@@ -465,16 +473,16 @@ class CallService:
             else:
                 empty_since = self._empty_since.setdefault(session.id, now)
             if now > session.session_date + policy.JOIN_CLOSES_AFTER:
-                reason = WINDOW_CLOSED
+                why = WINDOW_CLOSED
             elif (
                 empty_since is not None
                 and idle_after is not None
                 and (now - empty_since >= idle_after)
             ):
-                reason = ROOM_EMPTY
+                why = reason or ROOM_EMPTY
             else:
                 continue
-            result = await self._end_by_server(session, empty_since or now, reason, now)
+            result = await self._end_by_server(session, empty_since or now, why, now)
             if result is not None:
                 ended.append(result)
         return ended

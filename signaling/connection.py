@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import WSMsgType, web
 
 from calls.audit import Origin
@@ -25,6 +28,7 @@ from relay.reasons import LeaveReason
 from relay.room import Room, RoomClosed, RoomFull
 from relay.sfu import Relay
 from signaling import protocol
+from signaling.bridge import Bridge, BridgeRefused, CallLocator
 from signaling.limits import Occupancy, Place, SignalingLimits, TokenBucket
 from signaling.protocol import Message, ProtocolError
 
@@ -65,6 +69,25 @@ class _NoObserver:
 NO_OBSERVER: SignalingObserver = _NoObserver()
 
 
+@dataclass(frozen=True)
+class Fleet:
+    """What a connection needs when calls live on several nodes (docs/scaling.md)."""
+
+    locator: CallLocator
+    # The fleet's shared secret, shown to the holder's internal listener by a bridge.
+    secret: str
+    # The client session bridges are opened with (the app's, made at start-up).
+    http: Callable[[], aiohttp.ClientSession]
+
+
+@dataclass(frozen=True)
+class Bridged:
+    """A connection that another node bridged here: the client's own socket id and address."""
+
+    socket_id: str
+    client_ip: str | None
+
+
 class SignalingConnection:
     """Implements the relay's `ParticipantListener` by sending events down the socket."""
 
@@ -79,6 +102,8 @@ class SignalingConnection:
         limits: SignalingLimits | None = None,
         sessions: Occupancy | None = None,
         on_authenticated: Callable[[], None] = lambda: None,
+        fleet: Fleet | None = None,
+        bridged: Bridged | None = None,
     ) -> None:
         limits = limits or SignalingLimits()
         self.request = request
@@ -86,12 +111,21 @@ class SignalingConnection:
         self.relay = relay
         self.service = service
         self.observer = observer
-        self.socket_id = uuid.uuid4().hex
+        self.fleet = fleet
+        # Set on the holder's side of a bridge: the client is another node's connection.
+        self.bridged = bridged
+        self.socket_id = bridged.socket_id if bridged else uuid.uuid4().hex
+        self.remote = bridged.client_ip if bridged else request.remote
+        self._token: str | None = None
+        # Set once this connection's call is on another node: frames are copied both ways.
+        self._bridge: Bridge | None = None
+        self._bridge_pump: asyncio.Task[None] | None = None
         self.identity: Identity | None = None
         self.room: Room | None = None
         self.participant: Participant | None = None
         self._errors = 0
-        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        # Events to send, a {"close": code} item, or a bridged frame's text as received.
+        self._outbox: asyncio.Queue[dict[str, Any] | str | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._messages = TokenBucket(limits.messages_per_second, limits.message_burst)
         self._sessions = sessions or Occupancy(limits.max_sessions_per_user)
@@ -120,6 +154,8 @@ class SignalingConnection:
                 self._session.release()  # before leaving: closing the media may take a while
             # shielded: leaving the room must complete even if this handler is cancelled
             await asyncio.shield(self._leave(LeaveReason.DISCONNECTED))
+            if self._bridge is not None:
+                await asyncio.shield(self._bridge.close())  # ends the pump too
             with contextlib.suppress(Exception):
                 await self._writer
 
@@ -162,6 +198,7 @@ class SignalingConnection:
             await self._close(CLOSE_RATE_LIMITED)
             return False
         self.identity = identity
+        self._token = token  # shown again by a bridge to the call's node
         self._on_authenticated()
         self._send(
             "authenticated",
@@ -194,6 +231,9 @@ class SignalingConnection:
                 break
 
     async def _handle_text(self, text: str) -> None:
+        if self._bridge is not None:
+            await self._bridge.send(text)  # the call's node parses and answers it
+            return
         event: str | None = None
         try:
             message = protocol.parse_message(text)
@@ -303,8 +343,19 @@ class SignalingConnection:
         assert identity is not None
         if self.participant is not None and not self.participant.closed:
             raise ProtocolError("ALREADY_IN_ROOM", "this connection is already in a room")
+        if self.fleet is not None:
+            node_url = await self.fleet.locator.locate(room_id)
+            if node_url is not None:
+                if self.bridged is not None:  # bridges are never chained
+                    raise ProtocolError(
+                        "SERVICE_UNAVAILABLE",
+                        "this call moved to another server; reconnect to join it",
+                        {"retryAfter": 1},
+                    )
+                await self._open_bridge(node_url, room_id)
+                return
         origin = Origin(
-            ip_address=self.request.remote,
+            ip_address=self.remote,
             user_agent=self.request.headers.get("User-Agent"),
             endpoint=JOIN_ENDPOINT,
             socket_id=self.socket_id,
@@ -343,6 +394,37 @@ class SignalingConnection:
                 ],
             },
         )
+
+    async def _open_bridge(self, node_url: str, room_id: str) -> None:
+        """Carry this connection to the node holding the call, starting with its join."""
+        assert self.fleet is not None and self._token is not None
+        join = json.dumps({"event": "join-room", "data": {"roomId": room_id}})
+        try:
+            self._bridge = await Bridge.open(
+                self.fleet.http(),
+                node_url,
+                secret=self.fleet.secret,
+                token=self._token,
+                socket_id=self.socket_id,
+                client_ip=self.request.remote,
+                user_agent=self.request.headers.get("User-Agent"),
+                join=join,
+                max_msg_size=protocol.MAX_MESSAGE_BYTES,
+            )
+        except BridgeRefused as refused:
+            self._outbox.put_nowait(refused.event)
+            await self._close(refused.close_code)
+            return
+        CALL_ID.set(room_id)
+        logger.info("bridged to the call's node %s", node_url)
+        self._bridge_pump = asyncio.create_task(self._pump_bridge(self._bridge))
+
+    async def _pump_bridge(self, bridge: Bridge) -> None:
+        """The holder's frames to the client; when the holder closes, the client is closed
+        with its code (or 1012 when it vanished, so the client reconnects)."""
+        while (text := await bridge.receive()) is not None:
+            self._outbox.put_nowait(text)
+        self._outbox.put_nowait({"close": bridge.close_code})
 
     async def _enter(self, room_id: str, info: ParticipantInfo) -> tuple[Room, Participant]:
         """Join the relay's room; if it closes under us (its last participant just left), the
@@ -428,11 +510,13 @@ class SignalingConnection:
         while (item := await self._outbox.get()) is not None:
             if self.ws.closed:
                 continue
-            if "close" in item:
-                await self.ws.close(code=item["close"])
-                continue
             try:
-                await self.ws.send_json(item)
+                if isinstance(item, str):
+                    await self.ws.send_str(item)
+                elif "close" in item:
+                    await self.ws.close(code=item["close"])
+                else:
+                    await self.ws.send_json(item)
             except (ConnectionResetError, RuntimeError):
                 continue
 

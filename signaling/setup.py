@@ -6,6 +6,7 @@ connections use; the relay's lifetime is the composition root's, not ours.
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,9 +14,12 @@ from aiohttp import web
 
 from calls.service import CallService
 from relay.sfu import Relay
+from signaling.bridge import CLIENT_IP_HEADER, INTERNAL_WS_PATH, SECRET_HEADER, SOCKET_ID_HEADER
 from signaling.connection import (
     AUTHENTICATE_TIMEOUT,
     NO_OBSERVER,
+    Bridged,
+    Fleet,
     SignalingConnection,
     SignalingObserver,
 )
@@ -36,6 +40,8 @@ class Signaling:
     observer: SignalingObserver = NO_OBSERVER
     limits: SignalingLimits = field(default_factory=SignalingLimits)
     origins: OriginPolicy = field(default_factory=OriginPolicy)
+    # Set when calls live on several nodes: placement, and bridges to the call's node.
+    fleet: Fleet | None = None
     # The live sockets, closed with "going away" at shutdown.
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
     # Unauthenticated connections per client IP, authenticated ones per user.
@@ -58,12 +64,16 @@ def setup_signaling(
     observer: SignalingObserver = NO_OBSERVER,
     limits: SignalingLimits | None = None,
     origins: OriginPolicy | None = None,
+    fleet: Fleet | None = None,
 ) -> None:
-    """Register `/ws`; `relay()` gives the running relay when a client connects."""
+    """Register `/ws` (and, with a `fleet`, the bridges' `/internal/ws`); `relay()` gives the
+    running relay when a client connects."""
     app[SIGNALING_KEY] = Signaling(
-        service, relay, observer, limits or SignalingLimits(), origins or OriginPolicy()
+        service, relay, observer, limits or SignalingLimits(), origins or OriginPolicy(), fleet
     )
     app.router.add_get("/ws", websocket_handler, name="signaling")
+    if fleet is not None:
+        app.router.add_get(INTERNAL_WS_PATH, bridged_handler, name="signaling-bridged")
     app.on_shutdown.append(close_connections)
 
 
@@ -91,23 +101,53 @@ async def websocket_handler(request: web.Request) -> web.WebSocketResponse:
             headers={"Retry-After": str(int(AUTHENTICATE_TIMEOUT))},
         )
     try:
-        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_MESSAGE_BYTES)
-        await ws.prepare(request)
-        signaling.sockets.add(ws)
-        try:
-            connection = SignalingConnection(
-                request,
-                ws,
-                signaling.relay(),
-                signaling.service,
-                signaling.observer,
-                limits=signaling.limits,
-                sessions=signaling.sessions,
-                on_authenticated=pending.release,
-            )
-            await connection.run(token)
-        finally:
-            signaling.sockets.discard(ws)
+        return await _serve(request, signaling, token, on_authenticated=pending.release)
     finally:
         pending.release()
+
+
+async def bridged_handler(request: web.Request) -> web.WebSocketResponse:
+    """A client connection bridged here by the node its WebSocket reached (signaling.bridge).
+
+    Only the fleet's secret opens it; the client was checked there (origin, connection rate
+    limit) and authenticates here again with its own token."""
+    signaling = request.app[SIGNALING_KEY]
+    assert signaling.fleet is not None
+    shown = request.headers.get(SECRET_HEADER, "").removeprefix("Bearer ")
+    if not hmac.compare_digest(shown.encode(), signaling.fleet.secret.encode()):
+        raise web.HTTPForbidden(reason="bridged connections need the fleet's secret")
+    socket_id = request.headers.get(SOCKET_ID_HEADER, "")
+    if not socket_id.isalnum() or len(socket_id) > 64:
+        raise web.HTTPBadRequest(reason=f"{SOCKET_ID_HEADER} must be alphanumeric")
+    bridged = Bridged(socket_id, request.headers.get(CLIENT_IP_HEADER))
+    return await _serve(request, signaling, None, bridged=bridged)
+
+
+async def _serve(
+    request: web.Request,
+    signaling: Signaling,
+    token: str | None,
+    *,
+    on_authenticated: Callable[[], None] = lambda: None,
+    bridged: Bridged | None = None,
+) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_MESSAGE_BYTES)
+    await ws.prepare(request)
+    signaling.sockets.add(ws)
+    try:
+        connection = SignalingConnection(
+            request,
+            ws,
+            signaling.relay(),
+            signaling.service,
+            signaling.observer,
+            limits=signaling.limits,
+            sessions=signaling.sessions,
+            on_authenticated=on_authenticated,
+            fleet=signaling.fleet,
+            bridged=bridged,
+        )
+        await connection.run(token)
+    finally:
+        signaling.sockets.discard(ws)
     return ws

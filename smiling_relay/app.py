@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 
 from api.errors import NOT_FOUND, ApiError
@@ -23,16 +24,18 @@ from api.setup import setup_api
 from calls.ice_servers import IceSettings
 from calls.ratelimit import RateLimiter
 from calls.service import CallService
+from cluster.node import NodeAgent
 from metrics.setup import Metrics, setup_metrics
 from relay.candidates import PeerPolicy, parse_ranges
 from relay.settings import RelaySettings
 from relay.sfu import Relay
-from signaling.connection import end_call
+from signaling.connection import Fleet
 from signaling.limits import SignalingLimits
 from signaling.origins import OriginPolicy
 from signaling.protocol import CLIENT_EVENTS, SERVER_EVENTS
-from signaling.setup import setup_signaling
+from signaling.setup import SIGNALING_KEY, setup_signaling
 from smiling_relay.config import Config
+from smiling_relay.fleet import Locator, NodeFleet, internal_routes, occupied_rooms, open_state
 from storage.base import Storage
 from storage.factory import open_storage
 
@@ -49,6 +52,10 @@ RELAY_KEY: web.AppKey[Relay] = web.AppKey("relay")
 # What the server awaits on SIGTERM after it stopped accepting connections: the drain (no new
 # calls here, the calls in progress continue until they end or DRAIN_TIMEOUT passes).
 DRAIN_KEY: web.AppKey[Callable[[], Awaitable[None]]] = web.AppKey("drain")
+# This node in the fleet (placement, drain, readiness); the server sets its `stop`.
+FLEET_KEY: web.AppKey[NodeFleet] = web.AppKey("fleet")
+# The client session bridges and node-internal RPCs use (made at start-up).
+HTTP_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("http")
 
 
 def relay_settings(config: Config) -> RelaySettings:
@@ -103,6 +110,27 @@ def create_app(
         ice=ice_settings(config),
         ws_limiter=RateLimiter(config.rate_limit_ws_per_min, clock=epoch),
     )
+    state = open_state(config.redis_url, config.cluster_state_file)
+    agent = NodeAgent(
+        state,
+        node_id=config.node_id,
+        internal_url=config.internal_url or "",
+        capacity=config.worker_max_calls,
+        rooms=lambda: occupied_rooms(app[RELAY_KEY]) if RELAY_KEY in app else [],
+        streams=lambda: app[RELAY_KEY].active_tracks() if RELAY_KEY in app else 0,
+    )
+    fleet = NodeFleet(
+        agent,
+        state,
+        relay=lambda: app[RELAY_KEY],
+        service=service,
+        secret=config.cluster_secret,
+        http=lambda: app[HTTP_KEY],
+        drain_timeout=config.drain_timeout,
+        sockets=lambda: len(app[SIGNALING_KEY].sockets),
+    )
+    app[FLEET_KEY] = fleet
+    app[DRAIN_KEY] = fleet.drain_here
     metrics = Metrics(
         relay=lambda: app.get(RELAY_KEY),
         store=lambda: store,
@@ -124,6 +152,7 @@ def create_app(
         e2ee=config.e2ee,
         body_timeout=config.http_body_timeout,
         rating_observer=metrics,
+        fleet=fleet,
     )
     setup_signaling(
         app,
@@ -132,20 +161,27 @@ def create_app(
         observer=metrics,
         limits=signaling_limits(config),
         origins=OriginPolicy.of(config.cors_origins, config.public_url),
+        # One process needs no placement: every call is here (and nothing is bridged).
+        fleet=Fleet(Locator(agent), config.cluster_secret, lambda: app[HTTP_KEY])
+        if config.clustered
+        else None,
     )
+    if config.clustered:
+        internal_routes(app, lambda: fleet, lambda: app[RELAY_KEY], config.cluster_secret)
     setup_metrics(app, metrics)
-    # An ended call ends in the relay too: its participants are told and let go.
-    service.on_call_ended(lambda ended: end_call(app[RELAY_KEY], ended))
+    # An ended call ends in the relay too (here or on its node): its participants are told.
+    service.on_call_ended(fleet.call_ended)
     _setup_web_client(app, web_dir or WEB_DIR)
 
     # Started in this order, stopped in reverse: the relay's teardown may still write to
     # storage, and metrics subscribes to the relay's call ends and stores what is left at stop.
     app.cleanup_ctx.append(_storage_lifetime(store, owned=storage is None))
     app.cleanup_ctx.append(_relay_lifetime(relay_settings(config)))
+    app.cleanup_ctx.append(_node_lifetime(agent))
     app.cleanup_ctx.append(metrics.context)
     idle = config.call_idle_end_minutes
     app.cleanup_ctx.append(
-        _stale_calls_lifetime(service, timedelta(minutes=idle) if idle > 0 else None)
+        _stale_calls_lifetime(service, fleet, timedelta(minutes=idle) if idle > 0 else None)
     )
     return app
 
@@ -208,18 +244,34 @@ def _relay_lifetime(settings: RelaySettings) -> Callable[[web.Application], Asyn
     return lifetime
 
 
-def _stale_calls_lifetime(
-    service: CallService, idle_after: timedelta | None
-) -> Callable[[web.Application], AsyncIterator[None]]:
-    """Nothing else ends a call whose participants just closed their tabs: every minute, the
-    service ends calls whose relay room stayed empty `idle_after`, or past their window."""
+def _node_lifetime(agent: NodeAgent) -> Callable[[web.Application], AsyncIterator[None]]:
+    """This node in the fleet while the app runs: heartbeats and leases, and the HTTP client
+    that bridges and internal RPCs use."""
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        relay = app[RELAY_KEY]
+        async with aiohttp.ClientSession() as http:
+            app[HTTP_KEY] = http
+            try:
+                async with agent.running():
+                    yield
+            finally:
+                await agent.state.close()
 
+    return lifetime
+
+
+def _stale_calls_lifetime(
+    service: CallService, fleet: NodeFleet, idle_after: timedelta | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Nothing else ends a call whose participants just closed their tabs: every minute, the
+    service ends calls whose room stayed empty `idle_after` on every node, or past their
+    window (skipped while placement cannot say which calls are occupied elsewhere)."""
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
         async def end_stale_calls() -> None:
-            occupied = {room_id for room_id, room in relay.rooms.items() if room.participants}
-            await service.end_stale_calls(occupied, idle_after=idle_after)
+            occupied = await fleet.fleet_occupancy()
+            if occupied is not None:
+                await service.end_stale_calls(occupied, idle_after=idle_after)
 
         async with _every(lambda: STALE_CALL_INTERVAL, end_stale_calls, "the stale-call check"):
             yield

@@ -1,0 +1,300 @@
+"""This node in the fleet: the composition root's glue between `cluster` (placement, the node
+agent), the relay, the call service and the faces (docs/scaling.md).
+
+- `Locator`: placement as signaling sees it (a node URL or "here"), refusals as `CallError`.
+- `NodeFleet`: readiness, the nodes list and remote drains for the REST face; the drain itself
+  (SIGTERM): no new calls, the calls here go on until they end or `DRAIN_TIMEOUT` passes.
+- The internal listener's RPCs (`/internal/...`, the fleet's secret only): end a call held
+  here, drain this node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable, Collection
+from datetime import timedelta
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from api.nodes import Readiness
+from calls.errors import CallError, ErrorKind
+from calls.service import CallEnded, CallService
+from cluster.node import NodeAgent
+from cluster.placement import NoNodeAvailable, lease_key
+from cluster.state import ClusterState, NodeStatus, StateUnavailable
+from relay.sfu import Relay
+from signaling.bridge import SECRET_HEADER
+from signaling.connection import end_call
+
+log = logging.getLogger(__name__)
+
+DRAIN_REASON = "server-drain"
+DRAIN_POLL = 0.5  # seconds between checks whether a draining node is empty
+RPC_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
+END_CALL_PATH = "/internal/calls/{roomId}/end"
+DRAIN_PATH = "/internal/drain"
+
+
+def occupied_rooms(relay: Relay) -> list[str]:
+    """The calls this node holds: rooms with someone in them."""
+    return [room_id for room_id, room in relay.rooms.items() if room.participants]
+
+
+class Locator:
+    """`signaling.bridge.CallLocator` over the node agent."""
+
+    def __init__(self, agent: NodeAgent) -> None:
+        self.agent = agent
+
+    async def locate(self, room_id: str) -> str | None:
+        try:
+            node = await self.agent.locate(room_id)
+        except StateUnavailable:
+            raise CallError(
+                ErrorKind.UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "new calls cannot be placed right now (placement is unreachable); try again",
+                {"retryAfter": 5},
+            ) from None
+        except NoNodeAvailable:
+            raise CallError(
+                ErrorKind.UNAVAILABLE,
+                "SERVICE_UNAVAILABLE",
+                "every server is full or shutting down; try again in a minute",
+                {"retryAfter": 30},
+            ) from None
+        return None if node is None else node.internal_url
+
+
+class NodeFleet:
+    """This node's part of the fleet, for the faces and the server (see module doc)."""
+
+    def __init__(
+        self,
+        agent: NodeAgent,
+        state: ClusterState,
+        *,
+        relay: Callable[[], Relay],
+        service: CallService,
+        secret: str,
+        http: Callable[[], aiohttp.ClientSession],
+        drain_timeout: float,
+        sockets: Callable[[], int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.agent = agent
+        self.state = state
+        self._relay = relay
+        self._service = service
+        self._secret = secret
+        self._http = http
+        self._drain_timeout = drain_timeout
+        self._sockets = sockets
+        self._clock = clock
+        self._draining: asyncio.Task[None] | None = None
+        # Set by the server (`smiling_relay.server.run`): what SIGTERM does.
+        self.stop: Callable[[], None] | None = None
+
+    # -- for the REST face (api.nodes.FleetView) --------------------------------------------
+
+    async def readiness(self) -> Readiness:
+        details = {
+            "node": self.agent.node_id,
+            "draining": self.agent.draining,
+            "placement": "ok" if self.agent.reachable else "unreachable",
+            "placementBackend": self.state.backend,
+        }
+        return Readiness(not self.agent.draining and self.agent.reachable, details)
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        try:
+            nodes = await self.state.nodes()
+        except StateUnavailable as exc:
+            raise CallError(
+                ErrorKind.UNAVAILABLE, "SERVICE_UNAVAILABLE", f"placement is unreachable: {exc}"
+            ) from None
+        return [node_json(node) for node in sorted(nodes, key=lambda n: n.node_id)]
+
+    async def drain(self, node_id: str) -> bool:
+        if node_id == self.agent.node_id:
+            self.request_stop()
+            return True
+        node = next((n for n in await self.state.nodes() if n.node_id == node_id), None)
+        if node is None:
+            return False
+        await self._rpc(node.internal_url, DRAIN_PATH, {})
+        return True
+
+    # -- ending calls held elsewhere ---------------------------------------------------------
+
+    async def call_ended(self, ended: CallEnded) -> None:
+        """`CallService.on_call_ended`: the call ends here, or on the node that holds it."""
+        if ended.room_id is None:
+            return
+        if ended.room_id in self._relay().rooms:
+            await end_call(self._relay(), ended)
+            return
+        try:
+            holder = await self.state.holder(lease_key(ended.room_id))
+            nodes = {n.node_id: n for n in await self.state.nodes()}
+        except StateUnavailable:
+            log.warning("call %s ended, but its node cannot be told now", ended.room_id)
+            return
+        if holder is not None and holder != self.agent.node_id and holder in nodes:
+            path = END_CALL_PATH.format(roomId=ended.room_id)
+            await self._rpc(nodes[holder].internal_url, path, ended_json(ended))
+
+    async def fleet_occupancy(self) -> Collection[str] | None:
+        """The calls with participants on any node (None when placement cannot say)."""
+        local = occupied_rooms(self._relay())
+        try:
+            nodes = await self.state.nodes()
+        except StateUnavailable:
+            return None
+        return {*local, *(room for node in nodes for room in node.rooms)}
+
+    async def _rpc(self, base_url: str, path: str, body: dict[str, Any]) -> None:
+        url = base_url.rstrip("/") + path
+        headers = {SECRET_HEADER: f"Bearer {self._secret}"}
+        try:
+            async with self._http().post(
+                url, json=body, headers=headers, timeout=RPC_TIMEOUT
+            ) as response:
+                if response.status >= 300:
+                    log.warning("%s answered %d", url, response.status)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("%s failed: %s", url, exc)
+
+    # -- the drain -------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """An admin's drain: the same as SIGTERM (stop accepting, drain, exit; under the
+        supervisor the worker is then started afresh). Without a server (tests) it drains."""
+        if self.stop is not None:
+            self.stop()
+        else:
+            self.start_drain()
+
+    def start_drain(self) -> asyncio.Task[None]:
+        if self._draining is None:
+            self._draining = asyncio.create_task(self._drain(), name="drain")
+        return self._draining
+
+    async def drain_here(self) -> None:
+        """What the server awaits on SIGTERM (`smiling_relay.app.DRAIN_KEY`)."""
+        await self.start_drain()
+
+    async def _drain(self) -> None:
+        await self.agent.drain()
+        relay = self._relay()
+        hosted = set(occupied_rooms(relay))
+        log.info(
+            "draining: no new calls; %d call(s) and %d connection(s) go on (at most %.0f s)",
+            len(hosted),
+            self._sockets(),
+            self._drain_timeout,
+        )
+        deadline = self._clock() + self._drain_timeout
+        while (occupied_rooms(relay) or self._sockets()) and self._clock() < deadline:
+            hosted.update(occupied_rooms(relay))
+            await asyncio.sleep(min(DRAIN_POLL, max(deadline - self._clock(), 0.0)))
+        stragglers = occupied_rooms(relay)
+        if stragglers:
+            log.warning("drain deadline: ending %d call(s) still in progress", len(stragglers))
+        await self._end_calls_left(hosted)
+        log.info("drained")
+
+    async def _end_calls_left(self, hosted: Collection[str]) -> None:
+        """End the calls this node held that nobody is in, anywhere, any more (the stragglers
+        past the deadline included), so that none is left In Progress without a reason."""
+        occupied = await self.fleet_occupancy()
+        if occupied is None:
+            occupied = set()
+        stragglers = set(occupied_rooms(self._relay()))
+        await self._service.end_stale_calls(
+            set(occupied) - stragglers,
+            idle_after=timedelta(0),
+            only_rooms=hosted,
+            reason=DRAIN_REASON,
+        )
+
+
+def node_json(node: NodeStatus) -> dict[str, Any]:
+    return {
+        "nodeId": node.node_id,
+        "calls": node.calls,
+        "streams": node.streams,
+        "capacity": node.capacity,
+        "draining": node.draining,
+        "startedAt": node.started_at,
+        "heartbeatAt": node.updated_at,
+    }
+
+
+def ended_json(ended: CallEnded) -> dict[str, Any]:
+    return {
+        "sessionId": ended.session_id,
+        "roomId": ended.room_id,
+        "endedByUserId": ended.ended_by_user_id,
+        "endedByRole": ended.ended_by_role,
+        "durationMinutes": ended.duration_minutes,
+    }
+
+
+def open_state(redis_url: str | None, state_file: str | None) -> ClusterState:
+    """Redis for several machines, the supervisor's SQLite file for one machine's workers,
+    memory for a single process."""
+    if redis_url:
+        from cluster.redis_state import RedisState
+
+        return RedisState(redis_url)
+    if state_file:
+        from cluster.sqlite_state import SqliteState
+
+        return SqliteState(state_file)
+    from cluster.memory_state import MemoryState
+
+    return MemoryState()
+
+
+def internal_routes(
+    app: web.Application,
+    fleet: Callable[[], NodeFleet],
+    relay: Callable[[], Relay],
+    secret: str,
+) -> None:
+    """Register the node-internal RPCs (the fleet's secret only)."""
+
+    def check(request: web.Request) -> None:
+        shown = request.headers.get(SECRET_HEADER, "").removeprefix("Bearer ")
+        if not hmac.compare_digest(shown.encode(), secret.encode()):
+            raise web.HTTPForbidden(reason="internal: the fleet's secret is required")
+
+    async def end(request: web.Request) -> web.Response:
+        check(request)
+        try:
+            body = await request.json()
+            ended = CallEnded(
+                session_id=str(body["sessionId"]),
+                room_id=request.match_info["roomId"],
+                ended_by_user_id=body.get("endedByUserId"),
+                ended_by_role=str(body.get("endedByRole", "server")),
+                duration_minutes=body.get("durationMinutes"),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise web.HTTPBadRequest(reason="internal: a CallEnded object is expected") from None
+        await end_call(relay(), ended)
+        return web.json_response({"ended": True})
+
+    async def drain(request: web.Request) -> web.Response:
+        check(request)
+        fleet().request_stop()
+        return web.json_response({"draining": True}, status=202)
+
+    app.router.add_post(END_CALL_PATH, end)
+    app.router.add_post(DRAIN_PATH, drain)
