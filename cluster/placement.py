@@ -72,9 +72,10 @@ class Placement:
         holder = await self.state.holder(key)
         if holder is not None:
             node = nodes.get(holder)
-            if node is not None and not (node is me and me.draining):
+            if node is not None and not (node.draining and room_id not in node.rooms):
                 return None if node is me else node
-            # A stale holder (crashed) or this node draining: let the call be placed anew.
+            # A stale holder (crashed), or a draining one that nobody is with any more: the
+            # call is placed anew (compare-and-delete: only if that holder still has it).
             await self.state.release(key, holder)
         for candidate in self.candidates(nodes.values()):
             budget = await self.state.hit(

@@ -33,7 +33,7 @@ from signaling.connection import Fleet
 from signaling.limits import SignalingLimits
 from signaling.origins import OriginPolicy
 from signaling.protocol import CLIENT_EVENTS, SERVER_EVENTS
-from signaling.setup import SIGNALING_KEY, setup_signaling
+from signaling.setup import setup_signaling
 from smiling_relay.config import Config
 from smiling_relay.fleet import Locator, NodeFleet, internal_routes, occupied_rooms, open_state
 from storage.base import Storage
@@ -127,7 +127,6 @@ def create_app(
         secret=config.cluster_secret,
         http=lambda: app[HTTP_KEY],
         drain_timeout=config.drain_timeout,
-        sockets=lambda: len(app[SIGNALING_KEY].sockets),
     )
     app[FLEET_KEY] = fleet
     app[DRAIN_KEY] = fleet.drain_here

@@ -84,7 +84,6 @@ class NodeFleet:
         secret: str,
         http: Callable[[], aiohttp.ClientSession],
         drain_timeout: float,
-        sockets: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.agent = agent
@@ -94,7 +93,6 @@ class NodeFleet:
         self._secret = secret
         self._http = http
         self._drain_timeout = drain_timeout
-        self._sockets = sockets
         self._clock = clock
         self._draining: asyncio.Task[None] | None = None
         # Set by the server (`smiling_relay.server.run`): what SIGTERM does.
@@ -194,32 +192,39 @@ class NodeFleet:
         relay = self._relay()
         hosted = set(occupied_rooms(relay))
         log.info(
-            "draining: no new calls; %d call(s) and %d connection(s) go on (at most %.0f s)",
+            "draining: no new calls; %d call(s) go on (at most %.0f s)",
             len(hosted),
-            self._sockets(),
             self._drain_timeout,
         )
         deadline = self._clock() + self._drain_timeout
-        while (occupied_rooms(relay) or self._sockets()) and self._clock() < deadline:
-            hosted.update(occupied_rooms(relay))
+        empty_polls = 0
+        # Done when no call is held here for two polls in a row (a participant reconnecting
+        # leaves its room empty for a moment), or at the deadline.
+        while empty_polls < 2 and self._clock() < deadline:
+            rooms = occupied_rooms(relay)
+            hosted.update(rooms)
+            empty_polls = 0 if rooms else empty_polls + 1
             await asyncio.sleep(min(DRAIN_POLL, max(deadline - self._clock(), 0.0)))
         stragglers = occupied_rooms(relay)
         if stragglers:
             log.warning("drain deadline: ending %d call(s) still in progress", len(stragglers))
-        await self._end_calls_left(hosted)
+        await self._end_calls_left(hosted, stragglers)
         log.info("drained")
 
-    async def _end_calls_left(self, hosted: Collection[str]) -> None:
-        """End the calls this node held that nobody is in, anywhere, any more (the stragglers
-        past the deadline included), so that none is left In Progress without a reason."""
-        occupied = await self.fleet_occupancy()
-        if occupied is None:
-            occupied = set()
-        stragglers = set(occupied_rooms(self._relay()))
+    async def _end_calls_left(self, hosted: Collection[str], stragglers: Collection[str]) -> None:
+        """End the stragglers (past the deadline), and the calls this node held that nobody is
+        in any more when no other node is left to end them later (the fleet's stale-call check
+        does that, after CALL_IDLE_END_MINUTES): no call stays In Progress without an end."""
+        try:
+            others = [n for n in await self.state.nodes() if n.node_id != self.agent.node_id]
+        except StateUnavailable:
+            others = []
+        elsewhere = {room for node in others for room in node.rooms}
+        last_node = not any(not node.draining for node in others)
         await self._service.end_stale_calls(
-            set(occupied) - stragglers,
+            elsewhere,
             idle_after=timedelta(0),
-            only_rooms=hosted,
+            only_rooms=set(hosted) if last_node else set(stragglers),
             reason=DRAIN_REASON,
         )
 
