@@ -238,6 +238,7 @@ def node_json(node: NodeStatus) -> dict[str, Any]:
         "draining": node.draining,
         "startedAt": node.started_at,
         "heartbeatAt": node.updated_at,
+        "rooms": list(node.rooms),
     }
 
 

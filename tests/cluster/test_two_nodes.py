@@ -38,8 +38,13 @@ def sites(own_netns: netns.Netns) -> Iterator[list[NodeSite]]:
 
 @pytest.fixture
 def redis(tmp_path: Path, own_netns: netns.Netns) -> Iterator[RedisServer]:
-    with RedisServer.running(tmp_path / "redis", host="0.0.0.0") as server:
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", host="0.0.0.0")  # reached from both namespaces
+    server.start()
+    try:
         yield server
+    finally:
+        server.stop()
 
 
 def start_node(

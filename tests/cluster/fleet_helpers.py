@@ -1,0 +1,104 @@
+"""What the fleet tests share: calls of aiortc participants whose media is checked, the
+fleet's view through the admin API, worker processes by node id."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from synth.client import CallClient
+from tests.relay.helpers import hears, join_and_publish, sees
+
+
+@dataclass
+class Call:
+    """A two-party call: participant i publishes source id `sources[i]`."""
+
+    room: str
+    tokens: list[str]
+    sources: tuple[int, int]
+    clients: list[CallClient]
+
+    async def join(self, urls: tuple[str, str]) -> None:
+        """Both participants join (through `urls[i]`) and publish."""
+        self.clients = [
+            CallClient(url, token) for url, token in zip(urls, self.tokens, strict=True)
+        ]
+        for client, source in zip(self.clients, self.sources, strict=True):
+            await client.connect()
+            await join_and_publish(client, self.room, source)
+
+    async def verify_media(self, frames: int = 10) -> None:
+        """Each decodes the other's pictures and hears the other's tone."""
+        a, b = self.clients
+        await asyncio.gather(
+            sees(a, b, self.sources[1], frames), sees(b, a, self.sources[0], frames)
+        )
+        await asyncio.gather(hears(a, b, self.sources[1]), hears(b, a, self.sources[0]))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+        self.clients = []
+
+
+async def admin_get(url: str, path: str, admin: str) -> dict:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{url}{path}", headers={"x-auth-token": admin}) as response,
+    ):
+        body = await response.json()
+        assert response.status == 200, body
+    return dict(body["data"])
+
+
+async def rooms_by_node(url: str, admin: str) -> dict[str, list[str]]:
+    """The calls each live node holds, as the fleet's heartbeats say."""
+    nodes = (await admin_get(url, "/api/admin/nodes", admin))["nodes"]
+    return {node["nodeId"]: sorted(node["rooms"]) for node in nodes}
+
+
+async def wait_for_rooms(
+    url: str,
+    admin: str,
+    predicate: Callable[[dict[str, list[str]]], bool],
+    what: str,
+    timeout: float = 10.0,  # noqa: ASYNC109
+) -> dict[str, list[str]]:
+    """Poll the fleet's view (heartbeats come every second) until `predicate(view)`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    view: dict[str, list[str]] = {}
+    while loop.time() < deadline:
+        view = await rooms_by_node(url, admin)
+        if predicate(view):
+            return view
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{what}: the fleet says {view}")
+
+
+def worker_pids(supervisor_pid: int) -> dict[str, int]:
+    """The supervisor's worker processes, by their RELAY_NODE_ID."""
+    children = Path(f"/proc/{supervisor_pid}/task/{supervisor_pid}/children").read_text().split()
+    pids: dict[str, int] = {}
+    for pid in map(int, children):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for entry in environ:
+            if entry.startswith(b"RELAY_NODE_ID="):
+                pids[entry.split(b"=", 1)[1].decode()] = pid
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

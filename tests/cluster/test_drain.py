@@ -1,0 +1,95 @@
+"""SIGTERM during a call: the node turns unready at once and takes no new call, the call's
+media goes on until its participants leave, then the process exits 0 and the call is ended
+with a reason (no record left In Progress)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from storage.sqlite import SqliteStorage
+from synth import netns
+from synth.client import CallClient, SignalingError
+from synth.load import LoadOptions, provision_relay
+from synth.servers import RelayProcess
+from tests.cluster.fleet_helpers import Call
+
+JWT = secrets.token_urlsafe(32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_netns() -> netns.Netns:
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return netns.enter_process_netns()
+
+
+@pytest.fixture
+def relay(tmp_path: Path, own_netns: netns.Netns) -> Iterator[RelayProcess]:
+    process = RelayProcess(
+        tmp_path,
+        "drain",
+        jwt_secret=JWT,
+        url_host=own_netns.addresses[0],
+        env={"RELAY_WORKERS": "1", "RELAY_ALLOWED_PEER_RANGES": "10.77.0.0/24"},
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def status(url: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        return response.status
+
+
+async def test_sigterm_drains_the_call_then_exits(relay: RelayProcess, tmp_path: Path) -> None:
+    options = LoadOptions(url=relay.url, calls=2, participants=2, jwt_secret=JWT)
+    (session_id, room, tokens), (_, later_room, later_tokens) = await provision_relay(options)
+    call = Call(room, tokens, (1, 2), [])
+    try:
+        await call.join((relay.url, relay.url))
+        await call.verify_media()
+        assert await status(f"{relay.url}/readyz") == 200
+
+        relay.process.send_signal(signal.SIGTERM)
+        # unready at once (polled without pause: the first answers after the signal)
+        for _ in range(100):
+            if await status(f"{relay.url}/readyz") == 503:
+                break
+        else:
+            raise AssertionError("/readyz did not turn 503 after SIGTERM")
+        assert await status(f"{relay.url}/healthz") == 200  # alive: not to be restarted
+
+        # a new call is refused with a clear error; the live one keeps its media
+        newcomer = CallClient(relay.url, later_tokens[0])
+        await newcomer.connect()
+        with pytest.raises(SignalingError) as refused:
+            await newcomer.join(later_room)
+        assert refused.value.code == "SERVICE_UNAVAILABLE"
+        await newcomer.close()
+        await call.verify_media(frames=30)
+        assert relay.process.poll() is None
+    finally:
+        await call.close()
+    # everyone left: the drain is over
+    code = await asyncio.to_thread(relay.process.wait, 15)
+    assert code == 0
+    store = SqliteStorage(str(tmp_path / "relay-drain.sqlite3"))
+    await store.initialize()
+    try:
+        session = await store.get_session(session_id)
+        assert session is not None and session.video_call_ended is not None
+        entries = await store.list_audit(session_id=session_id)
+        ends = [e for e in entries if e.action == "call_end"]
+        assert [e.reason for e in ends] == ["server-drain"]
+    finally:
+        await store.close()

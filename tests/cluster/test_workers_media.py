@@ -1,0 +1,126 @@
+"""`smiling-relay serve --workers 2` on one machine: calls land on both workers, media flows in
+every call, and a worker killed with SIGKILL ends no call: the other worker's calls go on, and
+the killed worker's participants, rejoining as the browser client does, get media again."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from calls.identity import mint_token
+from storage.sqlite import SqliteStorage
+from synth import netns
+from synth.load import LoadOptions, provision_relay
+from synth.servers import RelayProcess
+from tests.cluster.fleet_helpers import Call, alive, wait_for_rooms, worker_pids
+
+CALLS = 4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def own_netns() -> netns.Netns:
+    reason = netns.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return netns.enter_process_netns()
+
+
+JWT = secrets.token_urlsafe(32)
+
+
+@pytest.fixture
+def relay(tmp_path: Path, own_netns: netns.Netns) -> Iterator[RelayProcess]:
+    process = RelayProcess(
+        tmp_path,
+        "workers",
+        jwt_secret=JWT,
+        url_host=own_netns.addresses[0],
+        env={
+            "RELAY_WORKERS": "2",
+            "RELAY_UDP_PORTS": "43000-43199",
+            "RELAY_ALLOWED_PEER_RANGES": "10.77.0.0/24",
+            "RATE_LIMIT_WS_PER_MIN": "3",  # the real limit: rejoining must stay within it
+        },
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+async def test_calls_spread_over_two_workers_and_survive_a_killed_worker(
+    relay: RelayProcess, tmp_path: Path
+) -> None:
+    admin = mint_token("a" * 24, "admin", JWT)
+    await wait_for_rooms(relay.url, admin, lambda v: len(v) == 2, "two workers in the fleet")
+    options = LoadOptions(url=relay.url, calls=CALLS, participants=2, jwt_secret=JWT)
+    provisioned = await provision_relay(options)
+    calls = [
+        Call(room, tokens, (2 * i + 1, 2 * i + 2), [])
+        for i, (_session, room, tokens) in enumerate(provisioned)
+    ]
+    try:
+        for call in calls:
+            await call.join((relay.url, relay.url))
+        await asyncio.gather(*(call.verify_media() for call in calls))
+        view = await wait_for_rooms(
+            relay.url,
+            admin,
+            lambda v: sum(len(r) for r in v.values()) == CALLS,
+            "every call held by a worker",
+        )
+        assert all(view.values()), f"calls did not spread over both workers: {view}"
+
+        victim = min(view)  # a worker holding calls
+        survivors = [c for c in calls if c.room not in view[victim]]
+        killed = [c for c in calls if c.room in view[victim]]
+        pids = worker_pids(relay.pid)
+        os.kill(pids[victim], signal.SIGKILL)
+        killed_at = time.monotonic()
+
+        # The killed worker's participants (and any whose signaling went through it) rejoin,
+        # as the browser client does on a closed socket; the calls are placed again.
+        await wait_until_closed(killed, timeout=10)
+        rejoining = [c for c in calls if any(cl.closed_code is not None for cl in c.clients)]
+        for call in rejoining:
+            await call.close()
+            await call.join((relay.url, relay.url))
+        await asyncio.gather(*(call.verify_media() for call in rejoining))
+        recovered_in = time.monotonic() - killed_at
+        assert recovered_in < 10, f"media again {recovered_in:.1f} s after the kill"
+
+        # The other worker's calls went on; every call has media now.
+        await asyncio.gather(*(call.verify_media(frames=15) for call in calls))
+        assert not alive(pids[victim])
+        assert survivors, "the surviving worker held no call"
+        store = SqliteStorage(str(tmp_path / "relay-workers.sqlite3"))
+        await store.initialize()
+        try:
+            for session_id, _room, _tokens in provisioned:
+                session = await store.get_session(session_id)
+                assert session is not None and session.video_call_started is not None
+                assert session.video_call_ended is None, "a call was ended by the kill"
+        finally:
+            await store.close()
+        # the supervisor started the killed worker again
+        await wait_for_rooms(relay.url, admin, lambda v: victim in v, "the worker restarted", 20)
+    finally:
+        await asyncio.gather(*(call.close() for call in calls))
+
+
+async def wait_until_closed(calls: list[Call], timeout: float) -> None:  # noqa: ASYNC109
+    """Every participant of `calls` sees its socket close (its worker died)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if all(cl.closed_code is not None for c in calls for cl in c.clients):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the killed worker's participants kept their sockets")
