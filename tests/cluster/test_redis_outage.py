@@ -53,7 +53,6 @@ def relay(tmp_path: Path, redis: RedisServer, own_netns: netns.Netns) -> Iterato
         env={
             "RELAY_WORKERS": "1",
             "REDIS_URL": redis.url,
-            "RELAY_INTERNAL_PORT": "0",
             "RELAY_ALLOWED_PEER_RANGES": "10.77.0.0/24",
         },
     )
