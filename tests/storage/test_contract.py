@@ -287,16 +287,14 @@ async def test_call_metrics_compare_and_set(any_storage: Storage) -> None:
     assert first == {**key, "status": "in-progress", "checkpointAt": at}
     assert await any_storage.get_call_metrics(key) == first
     # the condition compares datetimes too (the recovery's compare-and-set on checkpointAt)
-    stale = {"status": ["in-progress"], "checkpointAt": [at]}
+    stale: dict[str, list[object]] = {"status": ["in-progress"], "checkpointAt": [at]}
     cut = await any_storage.set_call_metrics_if(key, {"status": "cut-short"}, where=stale)
     assert cut == {**first, "status": "cut-short"}
     # the same transition a second time (another node's pass) is refused
     assert await any_storage.set_call_metrics_if(key, {"status": "cut-short"}, where=stale) is None
     # insert does not overwrite a document whose condition fails
     again = {"status": "in-progress", "checkpointAt": at, "y": 2}
-    assert (
-        await any_storage.set_call_metrics_if(key, again, where=in_progress, insert=True) is None
-    )
+    assert await any_storage.set_call_metrics_if(key, again, where=in_progress, insert=True) is None
     assert await any_storage.get_call_metrics(key) == cut
     # None stands for a missing field
     other = {"period": "call", "roomId": "room-old", "startedAt": started}
