@@ -149,12 +149,13 @@ class SummaryLedger:
         store = self._store()
         if store is None or not summaries:
             return 0
-        at = self._clock()
         written = 0
         async with self._lock:
             for summary in summaries:
                 try:
                     await participant_users(store, summary)
+                    # The snapshot's end is the checkpoint: where a cut-short call ends.
+                    at = summary["endedAt"]
                     summary.update(status=IN_PROGRESS, checkpointAt=at, **self._mine)
                     # Never over a final or cut-short document (a late checkpoint, or a node
                     # taken for dead): the condition refuses it.
