@@ -116,7 +116,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 
         from storage.mongo import MongoStorage
 
-        database = AsyncMongoMockClient()["shared"]
+        database: Any = AsyncMongoMockClient()["shared"]
 
         def make() -> Storage:
             return MongoStorage(database)
@@ -220,7 +220,7 @@ async def test_a_dead_nodes_call_is_cut_short_exactly_once(stores: Stores) -> No
     assert hour["successfulConnections"] == 2
 
     # Later passes find nothing more to do; the count stays one.
-    assert await asyncio.gather(one.recover(), two.recover()) == [0, 0]
+    assert list(await asyncio.gather(one.recover(), two.recover())) == [0, 0]
     assert await hourly_calls(store) == 1
     # A late checkpoint from the "dead" node cannot reopen it.
     assert await dead.checkpoint() == 0
@@ -237,7 +237,7 @@ async def test_a_dead_nodes_call_is_cut_short_exactly_once(stores: Stores) -> No
 
 
 async def _status_is(store: Storage, room: str, status: str) -> bool:
-    return (await call_doc(store, room))["status"] == status
+    return bool((await call_doc(store, room))["status"] == status)
 
 
 async def test_a_fresh_checkpoint_or_an_unknown_fleet_cuts_nothing(stores: Stores) -> None:
