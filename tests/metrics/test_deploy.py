@@ -202,73 +202,9 @@ def test_the_workers_config_is_valid(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-# promtool's rule unit tests: the fleet alerts fire on the series they are meant for, and only
-# then (time series notation: `a+bxN` is N steps from a by b, one step a minute).
-FLEET_ALERT_TESTS = """
-rule_files:
-  - {rules}
-evaluation_interval: 1m
-tests:
-  - interval: 1m
-    input_series:
-      - series: 'up{{job="smiling-relay", instance="relay:8180", node="relay-w0"}}'
-        values: '1 1 0 0 0 0'
-      - series: 'up{{job="smiling-relay", instance="relay:8181", node="relay-w1"}}'
-        values: '1 1 1 1 1 1'
-      - series: 'smiling_relay_placement_up{{instance="relay:8181", node="relay-w1"}}'
-        values: '1 0 0 0 0 0'
-      - series: 'smiling_relay_node_info{{instance="relay:8180", node="relay-w0", exported_node="relay-w1"}}'
-        values: '1x10'
-      - series: 'smiling_relay_node_info{{instance="relay:8181", node="relay-w1", exported_node="relay-w1"}}'
-        values: '1x10'
-      - series: 'smiling_relay_call_summaries_total{{instance="relay:8181", node="relay-w1", result="cut_short"}}'
-        values: '0 0 1 1 1 1'
-    alert_rule_test:
-      - eval_time: 5m
-        alertname: SmilingRelayDown
-        exp_alerts:
-          - exp_labels: {{severity: critical, job: smiling-relay, instance: "relay:8180", node: relay-w0}}
-            exp_annotations:
-              summary: "Relay node relay-w0 (relay:8180): /metrics has not answered for a minute"
-      - eval_time: 5m
-        alertname: SmilingRelayPlacementUnavailable
-        exp_alerts:
-          - exp_labels: {{severity: critical, instance: "relay:8181", node: relay-w1}}
-            exp_annotations:
-              summary: "Node relay-w1 cannot reach the shared placement state (Redis?): it refuses new calls; live calls keep their media"
-      - eval_time: 6m
-        alertname: SmilingRelayNodeLabelMismatch
-        exp_alerts:
-          - exp_labels: {{severity: info, instance: "relay:8180", node: relay-w0, exported_node: relay-w1}}
-            exp_annotations:
-              summary: "Target relay:8180 is labelled node relay-w0 but runs as relay-w1"
-      - eval_time: 5m
-        alertname: SmilingRelayCallsCutShort
-        exp_alerts:
-          - exp_labels: {{severity: warning, node: relay-w1}}
-            exp_annotations:
-              summary: "1 calls of a dead node were recovered as cut short in the last hour (by node relay-w1)"
-  - interval: 1m
-    input_series:
-      - series: 'smiling_relay_draining{{instance="relay:8180", node="relay-w0"}}'
-        values: '1x200'
-    alert_rule_test:
-      - eval_time: 2h
-        alertname: SmilingRelayDrainingTooLong
-        exp_alerts: []
-      - eval_time: 2h30m
-        alertname: SmilingRelayDrainingTooLong
-        exp_alerts:
-          - exp_labels: {{severity: warning, instance: "relay:8180", node: relay-w0}}
-            exp_annotations:
-              summary: "Node relay-w0 has been draining for over 2 h 20 min (past DRAIN_TIMEOUT)"
-"""
-
-
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) missing")
-def test_fleet_alerts_fire_on_their_series(tmp_path: Path) -> None:
-    tests = tmp_path / "fleet_alerts_test.yml"
-    tests.write_text(FLEET_ALERT_TESTS.format(rules=DEPLOY / "prometheus" / "alerts.yml"))
+def test_fleet_alerts_fire_on_their_series() -> None:
+    tests = Path(__file__).with_name("fleet_alerts_test.yml")
     result = subprocess.run(
         ["promtool", "test", "rules", str(tests)], capture_output=True, text=True, timeout=60
     )
