@@ -23,7 +23,7 @@ import asyncio
 import hashlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -44,6 +44,15 @@ class MetricsStore(Protocol):
         values: Mapping[str, Any] | None = None,
         increments: Mapping[str, int | float] | None = None,
     ) -> dict[str, Any]: ...
+
+    async def set_call_metrics_if(
+        self,
+        key: Mapping[str, Any],
+        values: Mapping[str, Any],
+        *,
+        where: Mapping[str, Sequence[Any]],
+        insert: bool = False,
+    ) -> dict[str, Any] | None: ...
 
     async def get_call_metrics(self, key: Mapping[str, Any]) -> dict[str, Any] | None: ...
 

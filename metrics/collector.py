@@ -51,6 +51,8 @@ class RelayLike(Protocol):
 
     def stream_samples(self) -> Iterable[StreamSample]: ...
 
+    def call_opened_at(self, call: str) -> float | None: ...
+
     def active_calls(self) -> int: ...
 
     def active_participants(self) -> int: ...
@@ -220,7 +222,9 @@ class RelayCollector(Collector):
         yield from self._relay_wide(relay)
 
         calls: dict[str, _CallRows] = {}
+        by_direction = {"in": 0, "out": 0}
         for sample in relay.stream_samples():
+            by_direction[sample.stats.direction] = by_direction.get(sample.stats.direction, 0) + 1
             rows = calls.get(sample.call)
             if rows is None:
                 rows = calls[sample.call] = _CallRows()
@@ -231,6 +235,16 @@ class RelayCollector(Collector):
             if row is None:
                 row = rows.streams[key] = _StreamRow()
             _merge(row, sample)
+
+        streams = GaugeMetricFamily(
+            f"{PREFIX}_active_streams",
+            "Media streams the relay holds, by direction: in = received from publishers, "
+            "out = forwarded to subscribers (all calls, never capped).",
+            labels=("direction",),
+        )
+        for direction, count in sorted(by_direction.items()):
+            streams.add_metric((direction,), count)
+        yield streams
 
         admitted, dropped = self._admit(calls)
         yield GaugeMetricFamily(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from metrics.collector import PREFIX
 
@@ -43,6 +43,7 @@ MOS_BUCKETS = (1.5, 2.0, 2.5, 3.0, 3.5, 3.8, 4.0, 4.2, 4.4, 4.5)
 RATING_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0)
 RATING_REASONS = ("audio", "video", "connection")
 RATING_ROLES = ("client", "psychologist")
+SUMMARY_RESULTS = ("stored", "failed", "skipped", "cut_short")
 
 
 class Instruments:
@@ -57,8 +58,27 @@ class Instruments:
         registry: CollectorRegistry,
         ws_events_in: Iterable[str] = (),
         ws_events_out: Iterable[str] = (),
+        node: str = "single",
     ) -> None:
         events_in, events_out = tuple(ws_events_in), tuple(ws_events_out)
+        self.node_info = Gauge(
+            f"{PREFIX}_node_info",
+            "Always 1; carries the node id this process runs as (NODE_ID, host-w<i>).",
+            ("node",),
+            registry=registry,
+        )
+        self.node_info.labels(node).set(1)
+        self.placement_up = Gauge(
+            f"{PREFIX}_placement_up",
+            "1 while this node reaches the shared placement state (readiness), else 0.",
+            registry=registry,
+        )
+        self.placement_up.set(1)
+        self.draining = Gauge(
+            f"{PREFIX}_draining",
+            "1 while this node drains (takes no new calls, waits for its calls to end).",
+            registry=registry,
+        )
         self.known_ws_events = frozenset(events_in + events_out)
         self.http_request_duration = Histogram(
             f"{PREFIX}_http_request_duration_seconds",
@@ -93,7 +113,14 @@ class Instruments:
         )
         self.call_summaries = Counter(
             f"{PREFIX}_call_summaries",
-            "End-of-call quality summaries, by result (stored, failed, skipped: no storage).",
+            "End-of-call quality summaries, by result (stored, failed, skipped: no storage; "
+            "cut_short: a dead node's call this node recovered from its last checkpoint).",
+            ("result",),
+            registry=registry,
+        )
+        self.summary_checkpoints = Counter(
+            f"{PREFIX}_summary_checkpoints",
+            "In-progress summaries of open calls written to storage, by result (stored, failed).",
             ("result",),
             registry=registry,
         )
@@ -120,8 +147,10 @@ class Instruments:
         for source in sorted(ERROR_SOURCES):
             self.errors.labels("INTERNAL_ERROR", source)
         self._codes.add("INTERNAL_ERROR")
-        for result in ("stored", "failed", "skipped"):
+        for result in SUMMARY_RESULTS:
             self.call_summaries.labels(result)
+        for result in ("stored", "failed"):
+            self.summary_checkpoints.labels(result)
         for role in RATING_ROLES:
             self.call_rating.labels(role)
         for reason in RATING_REASONS:
@@ -171,6 +200,10 @@ class Instruments:
         for reason in reasons:
             if reason in RATING_REASONS:
                 self.call_rating_reasons.labels(reason).inc()
+
+    def set_node_state(self, *, placement_up: bool, draining: bool) -> None:
+        self.placement_up.set(1 if placement_up else 0)
+        self.draining.set(1 if draining else 0)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         method = method if method in HTTP_METHODS else "OTHER"

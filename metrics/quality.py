@@ -37,7 +37,7 @@ Definitions (they follow from sampling every ~1 s):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -387,8 +387,17 @@ class QualitySampler:
     def calls(self) -> list[str]:
         return list(self._calls)
 
-    def observe(self, samples: Iterable[StreamSample], now: float, wall: float) -> None:
-        """One sampling pass over every stream the relay holds (`relay.stream_samples()`)."""
+    def observe(
+        self,
+        samples: Iterable[StreamSample],
+        now: float,
+        wall: float,
+        opened_at: Callable[[str], float | None] | None = None,
+    ) -> None:
+        """One sampling pass over every stream the relay holds (`relay.stream_samples()`).
+
+        `opened_at(call)`: when the relay opened the call (`Relay.call_opened_at`), so that a
+        checkpoint's `startedAt`, and so its storage key, is the final summary's."""
         by_call: dict[str, list[StreamSample]] = {}
         for sample in samples:
             by_call.setdefault(sample.call, []).append(sample)
@@ -396,11 +405,12 @@ class QualitySampler:
             track = self._calls.get(call)
             if track is None:
                 first = min(s.stats.started_at for s in call_samples)
+                opened = opened_at(call) if opened_at is not None else None
                 track = self._calls[call] = _CallTrack(
                     call=call,
                     first_seen=first,
                     last_seen=first,
-                    wall_first_seen=wall - max(now - first, 0.0),
+                    wall_first_seen=wall - max(now - first, 0.0) if opened is None else opened,
                 )
             track.update(call_samples, now)
         for call in [c for c, t in self._calls.items() if now - t.last_seen > STALE_CALL_SECONDS]:
@@ -429,6 +439,21 @@ class QualitySampler:
             setup_times=closed.setup_times,
             end_reason="closed",
         )
+
+    def snapshot(self, wall: float) -> list[dict[str, Any]]:
+        """The summary of every open call so far (`endedAt` is `wall`, `endReason` and
+        `completed` null), from the sampling passes up to now; nothing is finished or changed."""
+        return [
+            build_summary(
+                track,
+                opened_at_wall=track.wall_first_seen,
+                closed_at_wall=wall,
+                participants=len({p for p, _ in track.groups}),
+                setup_times=(),
+                end_reason=None,
+            )
+            for track in self._calls.values()
+        ]
 
     def finish_interrupted(self, call: str, now: float, wall: float) -> dict[str, Any] | None:
         """Summary of a call still open when the service stops (no CallClosed will be handled)."""
@@ -464,12 +489,15 @@ def build_summary(
     closed_at_wall: float,
     participants: int,
     setup_times: tuple[float, ...],
-    end_reason: str,
+    end_reason: str | None,
 ) -> dict[str, Any]:
+    """The summary document; `end_reason` None builds a checkpoint of a call still running
+    (freezes still open are not counted yet, the call's state is left as it is)."""
     streams = list(track.streams.values())
     totals = {id(st): st.totals for st in streams}
-    for stream in streams:
-        stream.close_freezes()
+    if end_reason is not None:
+        for stream in streams:
+            stream.close_freezes()
 
     bitrate: dict[str, dict[str, float | None]] = {}
     for direction in ("in", "out"):
@@ -516,7 +544,18 @@ def build_summary(
     mos_values = [p["mos"] for p in paths]
 
     duration = max(closed_at_wall - opened_at_wall, 0.0)
-    got_media = len(setup_times)
+    # The relay hands over setup times at a close; otherwise count the publishers with media.
+    got_media = (
+        len(setup_times)
+        if end_reason == "closed"
+        else len(
+            {
+                st.participant
+                for st in streams
+                if st.direction == "in" and st.media_start is not None
+            }
+        )
+    )
     return {
         "version": SUMMARY_VERSION,
         "roomId": track.call,
@@ -534,7 +573,7 @@ def build_summary(
                 "total": round(sum(setup_times), 3),
                 "count": got_media,
             }
-            if got_media
+            if setup_times
             else None
         ),
         "bitrate": bitrate,

@@ -1,7 +1,8 @@
 """The metrics of one app (`Metrics`) and `setup_metrics`, which registers `/metrics` and the
 request middleware.
 
-`Metrics.context` is a cleanup context that runs the quality sampler and stores end-of-call
+`Metrics.context` is a cleanup context that runs the quality sampler, checkpoints the summaries
+of open calls, recovers those a dead node left behind (`metrics.summaries`) and stores end-of-call
 summaries and aggregates; the composition root (`smiling_relay.app.create_app`) appends it after
 the relay's, so the relay exists when it starts and stops after it. The settings (max calls,
 sample interval, the `/metrics` token) come from `smiling_relay.config.Config`.
@@ -18,12 +19,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from metrics.aggregates import AggregateRecorder, MetricsStore, period_length, period_start
 from metrics.collector import DEFAULT_MAX_CALLS, RelayCollector, RelayLike
@@ -31,6 +33,14 @@ from metrics.http import metrics_handler, request_metrics_middleware
 from metrics.instruments import Instruments
 from metrics.keys import METRICS_KEY
 from metrics.quality import QualitySampler
+from metrics.summaries import (
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_RECOVERY_INTERVAL,
+    LiveNodes,
+    SummaryLedger,
+    summary_key,
+    with_status,
+)
 from relay.stats import CallClosed
 
 log = logging.getLogger(__name__)
@@ -39,10 +49,7 @@ DEFAULT_SAMPLE_INTERVAL = 1.0
 ERROR_FLUSH_INTERVAL = 60.0
 SHUTDOWN_WRITE_TIMEOUT = 10.0
 
-
-def summary_key(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """One document per call: a room id can host several calls (everyone left, then rejoined)."""
-    return {"period": "call", "roomId": summary["roomId"], "startedAt": summary["startedAt"]}
+__all__ = ["Metrics", "setup_metrics", "summary_key"]
 
 
 class Metrics:
@@ -60,24 +67,59 @@ class Metrics:
         ws_events_out: Iterable[str] = (),
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        node: str = "single",
+        live_nodes: LiveNodes | None = None,
+        checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+        recovery_interval: float = DEFAULT_RECOVERY_INTERVAL,
     ) -> None:
         """`ws_events_in`/`ws_events_out`: the signaling protocol's event names by direction
-        (their series exist from the start; other names are bounded, see `Instruments`)."""
+        (their series exist from the start; other names are bounded, see `Instruments`).
+
+        `node`: this process's node id (`smiling_relay_node_info`, and whose checkpoints a
+        summary is). `live_nodes`: the ids of the nodes with a live heartbeat (the fleet's
+        shared state); None for one process, whose own open calls are then the only live ones.
+        Every `checkpoint_interval` seconds the summaries of open calls are written
+        (`in-progress`); every `recovery_interval` (and once at start) stale ones are closed
+        as `cut-short` (docs/metrics.md)."""
+        if checkpoint_interval <= 0 or recovery_interval <= 0:
+            raise ValueError("checkpoint and recovery intervals must be > 0")
         self.registry = CollectorRegistry()
-        self.instruments = Instruments(self.registry, ws_events_in, ws_events_out)
+        self.instruments = Instruments(self.registry, ws_events_in, ws_events_out, node=node)
         self.collector = RelayCollector(relay, max_calls=max_calls, clock=monotonic)
         self.registry.register(self.collector)
+        # process_cpu_seconds_total & co.: the fleet row's CPU per node
+        ProcessCollector(registry=self.registry)
         self.sampler = QualitySampler(interval=sample_interval)
-        self.aggregates = AggregateRecorder(
-            store, clock=lambda: datetime.fromtimestamp(wall(), UTC)
+        clock = lambda: datetime.fromtimestamp(wall(), UTC)  # noqa: E731
+        self.aggregates = AggregateRecorder(store, clock=clock)
+        self.node = node
+        self.summaries = SummaryLedger(
+            store,
+            self.aggregates,
+            self.instruments,
+            node=node,
+            # Tells this process's checkpoints from an earlier one's under the same node id.
+            instance=uuid.uuid4().hex[:12],
+            live_nodes=live_nodes,
+            checkpoint_interval=checkpoint_interval,
+            clock=clock,
         )
         self.relay = relay
         self.store = store
         self.sample_interval = sample_interval
+        self.checkpoint_interval = checkpoint_interval
+        self.recovery_interval = recovery_interval
         self.auth_token = auth_token
         self._monotonic = monotonic
         self._wall = wall
         self._writes: set[asyncio.Task[None]] = set()
+
+    # -- the node agent's state ---------------------------------------------------------
+
+    def set_node_state(self, *, placement_up: bool, draining: bool) -> None:
+        """What the node agent knows: whether placement's shared state answers, whether this
+        node drains (`smiling_relay_placement_up`, `smiling_relay_draining`)."""
+        self.instruments.set_node_state(placement_up=placement_up, draining=draining)
 
     # -- verbs ----------------------------------------------------------------------------
 
@@ -107,11 +149,13 @@ class Metrics:
         return room_id in self.sampler.calls
 
     async def call_summaries(self, room_id: str) -> list[dict[str, Any]]:
-        """The room's summaries, oldest first, each with the participants' `ratings` of it."""
+        """The room's summaries, oldest first, each with its `status` (`in-progress`,
+        `complete`, `cut-short`) and the participants' `ratings` of it."""
         store = self.store()
         if store is None:
             return []
-        docs = await store.find_call_metrics({"period": "call", "roomId": room_id}, limit=100)
+        found = await store.find_call_metrics({"period": "call", "roomId": room_id}, limit=100)
+        docs = [with_status(d) for d in found]
         docs.sort(key=lambda d: d["startedAt"])
         ratings = await store.find_call_metrics({"period": "rating", "roomId": room_id}, limit=100)
         attach_ratings(docs, ratings)
@@ -143,7 +187,9 @@ class Metrics:
     def sample_once(self) -> None:
         relay = self.relay()
         if relay is not None:
-            self.sampler.observe(relay.stream_samples(), self._monotonic(), self._wall())
+            self.sampler.observe(
+                relay.stream_samples(), self._monotonic(), self._wall(), relay.call_opened_at
+            )
 
     async def run_sampler(self) -> None:
         """Sample every `sample_interval` seconds on a fixed grid (no drift under load)."""
@@ -159,6 +205,31 @@ class Metrics:
             if next_at < now:  # fell behind (loop stalled): skip the missed ticks
                 next_at = now + self.sample_interval
             await asyncio.sleep(next_at - now)
+
+    async def checkpoint(self) -> int:
+        """Write the in-progress summary of every open call now; returns how many."""
+        return await self.summaries.write_checkpoints(self.sampler.snapshot(self._wall()))
+
+    async def recover(self) -> int:
+        """One recovery pass: stale in-progress summaries become cut-short (counted once)."""
+        return await self.summaries.recover(self.sampler.calls)
+
+    async def run_checkpointer(self) -> None:
+        while True:
+            await asyncio.sleep(self.checkpoint_interval)
+            try:
+                await self.checkpoint()
+            except Exception:
+                log.exception("checkpointing call summaries failed")
+
+    async def run_recovery(self) -> None:
+        """Once at start (a restart after a crash finds its own leftovers), then periodically."""
+        while True:
+            try:
+                await self.recover()
+            except Exception:
+                log.exception("recovering cut-short call summaries failed")
+            await asyncio.sleep(self.recovery_interval)
 
     async def run_error_flusher(self) -> None:
         while True:
@@ -207,35 +278,8 @@ class Metrics:
         task.add_done_callback(self._writes.discard)
 
     async def store_summary(self, summary: dict[str, Any]) -> None:
-        store = self.store()
-        if store is None:
-            self.instruments.call_summaries.labels("skipped").inc()
-            return
-        try:
-            user_ids = await self._participant_users(store, summary)
-            await store.upsert_call_metrics(summary_key(summary), values=summary)
-            await self.aggregates.record_call(summary, user_ids)
-        except Exception:
-            self.instruments.call_summaries.labels("failed").inc()
-            log.exception("storing the quality summary of call %s failed", summary["roomId"])
-            return
-        self.instruments.call_summaries.labels("stored").inc()
-
-    @staticmethod
-    async def _participant_users(store: MetricsStore, summary: dict[str, Any]) -> list[str]:
-        """Attach the session id; return the user ids of the session's sides that took part."""
-        summary.setdefault("sessionId", None)
-        session = await store.find_session_by_room(summary["roomId"])
-        if session is None:
-            return []
-        summary["sessionId"] = session.id
-        roles = {s["role"] for s in summary.get("streams", ())}
-        users = []
-        if "client" in roles:
-            users.append(session.client_id)
-        if "psychologist" in roles:
-            users.append(session.psychologist_id)
-        return users
+        """The final summary (`complete`), over the call's checkpoint; counted once."""
+        await self.summaries.write_final(summary)
 
     async def drain(self) -> None:
         """Summarise calls still open, wait for pending writes, flush error counts."""
@@ -265,6 +309,8 @@ class Metrics:
         tasks = [
             asyncio.create_task(self.run_sampler(), name="metrics-sampler"),
             asyncio.create_task(self.run_error_flusher(), name="metrics-error-flusher"),
+            asyncio.create_task(self.run_checkpointer(), name="metrics-checkpointer"),
+            asyncio.create_task(self.run_recovery(), name="metrics-summary-recovery"),
         ]
         try:
             yield

@@ -71,6 +71,12 @@ class Relay:
     def on_call_closed(self, listener: CallClosedListener) -> None:
         self._call_closed_listeners.append(listener)
 
+    def call_opened_at(self, call: str) -> float | None:
+        """`time.time()` when the call's room opened (its `CallClosed.opened_at_wall` to be),
+        or None if the relay holds no such call."""
+        room = self.rooms.get(call)
+        return None if room is None else room.opened_at_wall
+
     def stream_samples(self) -> Iterator[StreamSample]:
         for room in self.rooms.values():
             yield from room.stream_samples()

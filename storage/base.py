@@ -8,7 +8,7 @@ stores milliseconds: truncating everywhere makes both backends return identical 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
@@ -274,6 +274,23 @@ class Storage(Protocol):
         `values` are set, `increments` are added to numeric fields (missing fields count as 0).
         Values may be JSON-like scalars, lists, dicts and datetimes. Returns the document
         (key fields included, without the backend's id).
+        """
+
+    async def set_call_metrics_if(
+        self,
+        key: Mapping[str, Any],
+        values: Mapping[str, Any],
+        *,
+        where: Mapping[str, Sequence[Any]],
+        insert: bool = False,
+    ) -> dict[str, Any] | None:
+        """Compare-and-set: set `values` on the document identified by `key` only if, for every
+        item of `where`, the document's field holds one of the listed values (a missing field
+        holds None). With `insert`, a missing document is created (key fields + `values`).
+
+        Returns the document afterwards, or None when nothing was written (the condition did
+        not hold, or no document and not `insert`). Atomic in the backend: of two callers
+        making the same transition, only one gets a document back.
         """
 
     async def get_call_metrics(self, key: Mapping[str, Any]) -> dict[str, Any] | None: ...

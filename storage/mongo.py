@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -371,6 +371,41 @@ class MongoStorage:
             )
         return _doc(doc or {})
 
+    async def set_call_metrics_if(
+        self,
+        key: Mapping[str, Any],
+        values: Mapping[str, Any],
+        *,
+        where: Mapping[str, Sequence[Any]],
+        insert: bool = False,
+    ) -> dict[str, Any] | None:
+        if not key:
+            raise ValueError("a metrics key needs at least one field")
+        query = _doc(key)
+        to_set = {k: v for k, v in _doc(values).items() if k not in query}
+        condition = {**query, **{name: _one_of(options) for name, options in where.items()}}
+        with _errors():
+            # One findAndModify: the check and the write are atomic on the server.
+            # No projection: mongomock answers None to `_id: 0` with AFTER and no upsert.
+            doc = await self.metrics.find_one_and_update(
+                condition,
+                {"$set": to_set} if to_set else {"$set": query},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is not None:
+                doc.pop("_id", None)
+                return _doc(doc)
+            if not insert:
+                return None
+            # Only a missing document may be created: `$setOnInsert` on the bare key leaves an
+            # existing one (whose condition failed above) untouched.
+            result = await self.metrics.update_one(
+                query, {"$setOnInsert": {**query, **to_set}}, upsert=True
+            )
+            if result.upserted_id is None:
+                return None
+            return {**query, **to_set}
+
     async def get_call_metrics(self, key: Mapping[str, Any]) -> dict[str, Any] | None:
         with _errors():
             doc = await self.metrics.find_one(_doc(key), {"_id": 0})
@@ -414,6 +449,16 @@ def _dt(value: Any) -> datetime | None:
 
 def _doc(value: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _normalise(v) for k, v in value.items()}
+
+
+def _one_of(options: Sequence[Any]) -> Any:
+    """A query condition "the field holds one of `options`"; `$in` with None also matches a
+    missing field, as the storage contract says. A single value is an equality (mongomock
+    compares datetimes inside `$in` without its usual normalisation)."""
+    values = [_normalise(v) for v in options]
+    if len(values) == 1 and values[0] is not None:
+        return values[0]
+    return {"$in": values}
 
 
 def _normalise(value: Any) -> Any:

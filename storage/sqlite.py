@@ -640,6 +640,52 @@ class SQLiteStorage:
 
         return await self._run(_upsert)
 
+    async def set_call_metrics_if(
+        self,
+        key: Mapping[str, Any],
+        values: Mapping[str, Any],
+        *,
+        where: Mapping[str, Sequence[Any]],
+        insert: bool = False,
+    ) -> dict[str, Any] | None:
+        key_text = _key_text(key)
+        now = self._now()
+        allowed = {name: [_plain(v) for v in options] for name, options in where.items()}
+
+        def _set(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            # The write lock first (BEGIN IMMEDIATE): the check and the write are one step for
+            # every process on the file.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "SELECT doc FROM call_metrics WHERE key = ?", (key_text,)
+                ).fetchone()
+                if row is None and not insert:
+                    conn.execute("ROLLBACK")
+                    return None
+                doc = _loads(row["doc"]) if row else {}
+                if row is not None and not all(
+                    doc.get(name) in options for name, options in allowed.items()
+                ):
+                    conn.execute("ROLLBACK")
+                    return None
+                doc.update(_plain(values))
+                doc.update(_plain(key))
+                conn.execute(
+                    "INSERT INTO call_metrics (key, doc, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT(key) DO UPDATE SET doc = excluded.doc,"
+                    " updated_at = excluded.updated_at",
+                    (key_text, _dumps(doc), now),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return doc
+
+        return await self._run(_set)
+
     async def get_call_metrics(self, key: Mapping[str, Any]) -> dict[str, Any] | None:
         key_text = _key_text(key)
         row = await self._run(

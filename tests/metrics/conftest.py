@@ -21,6 +21,11 @@ class FakeRelay:
     samples: list[StreamSample] = field(default_factory=list)
     listeners: list[Callable[[CallClosed], None]] = field(default_factory=list)
     tracks: int = 0
+    # call → time.time() it opened (Relay.call_opened_at); unset calls answer None
+    opened: dict[str, float] = field(default_factory=dict)
+
+    def call_opened_at(self, call: str) -> float | None:
+        return self.opened.get(call)
 
     def stream_samples(self) -> Iterator[StreamSample]:
         return iter(list(self.samples))

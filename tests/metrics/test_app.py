@@ -75,6 +75,7 @@ def make_app(
     relay: FakeRelay | None,
     db: Path | None,
     environ: dict[str, str] | None = None,
+    **metrics_args: Any,
 ) -> web.Application:
     """An app with metrics wired as `create_app` wires them, and stub REST routes."""
     config = Config.from_env(
@@ -98,6 +99,7 @@ def make_app(
         auth_token=config.metrics_auth_token,
         ws_events_in=CLIENT_EVENTS,
         ws_events_out=SERVER_EVENTS,
+        **metrics_args,
     )
     # The admin endpoints authenticate through the call service (whose storage they never touch).
     app[SERVICE_KEY] = CallService(storage or SQLiteStorage(":memory:"), secret=SECRET)

@@ -155,3 +155,57 @@ def test_compose_and_provisioning_files() -> None:
     prom = yaml.safe_load((DEPLOY / "prometheus/prometheus.yml").read_text())
     assert prom["scrape_configs"][0]["static_configs"][0]["targets"] == ["relay:8080"]
     assert Path(DEPLOY / "grafana/dashboards/smiling-relay.json").is_file()
+
+
+def workers_config() -> str:
+    """prometheus.yml with its per-worker block uncommented (and the single target dropped)."""
+    text = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    begin = text.index("# WORKERS-BEGIN")
+    end = text.index("# WORKERS-END")
+    block = text[text.index("\n", begin) + 1 : end]
+    workers = re.sub(r"(?m)^(\s*)# ", r"\1", block).rstrip(" ")
+    single = re.search(r'(?ms)^      - targets: \["relay:8080"\].*?node: relay\n', text)
+    assert single is not None
+    return text[:begin].replace(single[0], workers) + text[end:]
+
+
+def test_the_workers_block_follows_the_supervisors_ports_and_ids() -> None:
+    if importlib.util.find_spec("yaml") is None:
+        pytest.skip("PyYAML is not installed in this environment")
+    import yaml
+
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    env = compose["services"]["relay"]["environment"]
+    base, node_id = int(env["PORT"]) + 100, env["RELAY_NODE_ID"]
+    prom = yaml.safe_load(workers_config())
+    (job,) = prom["scrape_configs"]
+    targets = [(c["targets"], c["labels"]["node"]) for c in job["static_configs"]]
+    # smiling_relay/supervisor.py: worker i listens on PORT + 100 + i, runs as <id>-w<i>
+    assert targets == [([f"relay:{base + i}"], f"{node_id}-w{i}") for i in range(len(targets))]
+    assert len(targets) >= 2
+    default = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    assert default["scrape_configs"][0]["static_configs"][0]["labels"]["node"] == node_id
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) missing")
+def test_the_workers_config_is_valid(tmp_path: Path) -> None:
+    copy = tmp_path / "prometheus"
+    shutil.copytree(DEPLOY / "prometheus", copy)
+    (copy / "metrics-token").write_text("a-token\n")
+    (copy / "prometheus.yml").write_text(workers_config())
+    result = subprocess.run(
+        ["promtool", "check", "config", str(copy / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian prometheus) missing")
+def test_fleet_alerts_fire_on_their_series() -> None:
+    tests = Path(__file__).with_name("fleet_alerts_test.yml")
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(tests)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

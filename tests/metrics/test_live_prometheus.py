@@ -42,6 +42,8 @@ SCRAPE_INTERVAL_S = 1
 RATE_INTERVAL = "5s"  # what Grafana's $__rate_interval becomes for the panel checks
 MEASURE_WINDOW_S = 10  # bitrate comparison window
 BITRATE_TOLERANCE = 0.20
+# The scrape target's `node` label, as deploy/prometheus/prometheus.yml sets one per worker.
+NODE = "host-w0"
 RTP_FIXED_HEADER = 12  # getStats bytes are payload only; the relay counts header + payload
 
 pytestmark = [pytest.mark.media, pytest.mark.netns, pytest.mark.timeout(300)]
@@ -140,6 +142,8 @@ scrape_configs:
   - job_name: relay
     static_configs:
       - targets: ["127.0.0.1:{server.port}"]
+        labels:
+          node: {NODE}
 """
     )
     log_path = tmp_path / "prometheus.log"
@@ -211,6 +215,9 @@ async def test_dashboard_queries_against_a_live_call(
     booking_factory: BookingFactory,
 ) -> None:
     await until(lambda: prometheus.values('up{job="relay"} == 1'), "Prometheus to scrape the relay")
+    # The target's node label wins; the id the process reports stays beside it for joins.
+    (info,) = await prometheus.query("smiling_relay_node_info")
+    assert info["metric"]["node"] == NODE and info["metric"]["exported_node"], info
 
     booking = await booking_factory()
     room = await open_room(storage, booking)
@@ -265,6 +272,8 @@ async def check_every_dashboard_query(
 
         async def answered(query: dashboard.Query = query, expr: str = expr) -> Any:
             result = await prometheus.query(expr)
+            if "by (node)" in expr:  # the fleet row: one series per node, named by its target
+                assert all(r["metric"].get("node") == NODE for r in result), (query, result)
             if not query.per_call:
                 return result
             finite = [r for r in result if math.isfinite(float(r["value"][1]))]

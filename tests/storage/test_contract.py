@@ -271,6 +271,44 @@ async def test_call_metrics(any_storage: Storage, clock: FakeClock) -> None:
         await any_storage.upsert_call_metrics({}, {"x": 1})
 
 
+async def test_call_metrics_compare_and_set(any_storage: Storage) -> None:
+    """The transitions of a call summary: checkpoints create or refresh an in-progress
+    document, a final or a recovery changes it once; a refused write changes nothing."""
+    started = datetime(2025, 12, 15, 14, 0, 1, 234000, tzinfo=UTC)
+    at = datetime(2025, 12, 15, 14, 0, 31, tzinfo=UTC)
+    key = {"period": "call", "roomId": "room-cas", "startedAt": started}
+    in_progress = {"status": ["in-progress"]}
+    # no document and no insert: nothing is created
+    assert await any_storage.set_call_metrics_if(key, {"x": 1}, where=in_progress) is None
+    assert await any_storage.get_call_metrics(key) is None
+    first = await any_storage.set_call_metrics_if(
+        key, {"status": "in-progress", "checkpointAt": at}, where=in_progress, insert=True
+    )
+    assert first == {**key, "status": "in-progress", "checkpointAt": at}
+    assert await any_storage.get_call_metrics(key) == first
+    # the condition compares datetimes too (the recovery's compare-and-set on checkpointAt)
+    stale: dict[str, list[object]] = {"status": ["in-progress"], "checkpointAt": [at]}
+    cut = await any_storage.set_call_metrics_if(key, {"status": "cut-short"}, where=stale)
+    assert cut == {**first, "status": "cut-short"}
+    # the same transition a second time (another node's pass) is refused
+    assert await any_storage.set_call_metrics_if(key, {"status": "cut-short"}, where=stale) is None
+    # insert does not overwrite a document whose condition fails
+    again = {"status": "in-progress", "checkpointAt": at, "y": 2}
+    assert await any_storage.set_call_metrics_if(key, again, where=in_progress, insert=True) is None
+    assert await any_storage.get_call_metrics(key) == cut
+    # None stands for a missing field
+    other = {"period": "call", "roomId": "room-old", "startedAt": started}
+    await any_storage.upsert_call_metrics(other, {"endReason": "closed"})
+    assert await any_storage.set_call_metrics_if(
+        other, {"status": "complete"}, where={"status": [None]}
+    ) == {**other, "endReason": "closed", "status": "complete"}
+    assert await any_storage.find_call_metrics({"period": "call", "status": "complete"}) == [
+        {**other, "endReason": "closed", "status": "complete"}
+    ]
+    with pytest.raises(ValueError, match="key"):
+        await any_storage.set_call_metrics_if({}, {"x": 1}, where={})
+
+
 async def test_list_open_calls(any_storage: Storage, clock: FakeClock) -> None:
     """Started, not ended calls, oldest start first (the stale-call check reads them)."""
     client, psych = await _pair(any_storage)
