@@ -32,6 +32,7 @@ class NodeAgent:
         streams: Callable[[], int],
         settings: PlacementSettings | None = None,
         clock: Callable[[], float] = time.time,
+        on_beat: Callable[[bool, bool], None] = lambda reachable, draining: None,
     ) -> None:
         self.state = state
         self.node_id = node_id
@@ -42,6 +43,8 @@ class NodeAgent:
         self._rooms = rooms
         self._streams = streams
         self._clock = clock
+        # Told (reachable, draining) after every beat: the metrics' gauges.
+        self._on_beat = on_beat
         self._started_at = clock()
         # When the state last answered a beat (None: not yet). Readiness reads it.
         self._last_beat: float | None = None
@@ -73,6 +76,12 @@ class NodeAgent:
 
     async def beat(self) -> None:
         """Announce this node and renew its calls' leases once."""
+        try:
+            await self._beat()
+        finally:
+            self._on_beat(self.reachable, self.draining)
+
+    async def _beat(self) -> None:
         status = self.status()
         try:
             await self.state.heartbeat(status, self.settings.node_ttl)

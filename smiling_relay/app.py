@@ -118,6 +118,9 @@ def create_app(
         capacity=config.worker_max_calls,
         rooms=lambda: occupied_rooms(app[RELAY_KEY]) if RELAY_KEY in app else [],
         streams=lambda: app[RELAY_KEY].active_tracks() if RELAY_KEY in app else 0,
+        on_beat=lambda reachable, draining: metrics.set_node_state(
+            placement_up=reachable, draining=draining
+        ),
     )
     fleet = NodeFleet(
         agent,
@@ -138,6 +141,9 @@ def create_app(
         auth_token=config.metrics_auth_token,
         ws_events_in=CLIENT_EVENTS,
         ws_events_out=SERVER_EVENTS,
+        node=config.node_id,
+        # Another node's call whose checkpoints stopped is cut short (docs/metrics.md).
+        live_nodes=fleet.live_nodes if config.clustered else None,
     )
 
     setup_api(

@@ -118,6 +118,10 @@ class NodeFleet:
             ) from None
         return [node_json(node) for node in sorted(nodes, key=lambda n: n.node_id)]
 
+    async def live_nodes(self) -> set[str]:
+        """The ids of the live nodes (raises `StateUnavailable`)."""
+        return {node.node_id for node in await self.state.nodes()}
+
     async def drain(self, node_id: str) -> bool:
         if node_id == self.agent.node_id:
             self.request_stop()
