@@ -30,6 +30,8 @@ class MemoryState:
         # counter key -> (window, the counted hits' times, oldest first)
         self._hits: dict[str, tuple[float, deque[float]]] = {}
         self._writes = 0
+        # The counters run on their callers' time (`now`): the latest one sweeps them.
+        self._hits_now = 0.0
 
     # -- leases -----------------------------------------------------------------------------
 
@@ -77,6 +79,7 @@ class MemoryState:
     # -- shared counters --------------------------------------------------------------------
 
     async def hit(self, key: str, limit: int, window: float, now: float) -> Hits:
+        self._hits_now = now
         self._wrote()
         entry = self._hits.get(key)
         hits = entry[1] if entry is not None else deque()
@@ -108,15 +111,17 @@ class MemoryState:
     def _wrote(self) -> None:
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
-            self._sweep(self._clock())
+            self._sweep(self._clock(), self._hits_now)
 
-    def _sweep(self, now: float) -> None:
+    def _sweep(self, now: float, hits_now: float) -> None:
         for key in [k for k, (_, expires) in self._leases.items() if expires <= now]:
             del self._leases[key]
         for node_id in [n for n, (_, expires) in self._nodes.items() if expires <= now]:
             del self._nodes[node_id]
         idle = [
-            k for k, (window, hits) in self._hits.items() if not hits or hits[-1] <= now - window
+            k
+            for k, (window, hits) in self._hits.items()
+            if not hits or hits[-1] <= hits_now - window
         ]
         for key in idle:
             del self._hits[key]

@@ -57,6 +57,8 @@ class SqliteState:
         # Opened, and only ever used, on the executor's thread.
         self._conn: sqlite3.Connection | None = None
         self._next_sweep = 0.0
+        # The counters run on their callers' time (`now`), so they are swept on it too.
+        self._next_hits_sweep = 0.0
 
     # -- leases -----------------------------------------------------------------------------
 
@@ -139,6 +141,8 @@ class SqliteState:
                 conn.execute("INSERT INTO hits VALUES (?, ?, ?)", (key, now, now + window))
                 counted += 1
                 first = now if first is None else min(first, now)
+            if self._hits_sweep_due(now):
+                conn.execute("DELETE FROM hits WHERE until <= ?", (now,))
             return Hits(allowed, counted, now if first is None else first + window)
 
         return await self._write(count_one)
@@ -156,7 +160,8 @@ class SqliteState:
 
     async def ping(self) -> bool:
         try:
-            await self._read(lambda conn: conn.execute("SELECT 1 FROM leases LIMIT 1").fetchall())
+            # the write lock, not a read: WAL readers pass while a stuck writer blocks every join
+            await self._write(lambda conn: None)
         except StateUnavailable:
             return False
         return True
@@ -222,7 +227,13 @@ class SqliteState:
         self._next_sweep = now + SWEEP_EVERY
         conn.execute("DELETE FROM leases WHERE expires <= ?", (now,))
         conn.execute("DELETE FROM nodes WHERE expires <= ?", (now,))
-        conn.execute("DELETE FROM hits WHERE until <= ?", (now,))
+
+    def _hits_sweep_due(self, now: float) -> bool:
+        last = self._next_hits_sweep - SWEEP_EVERY
+        if last <= now < self._next_hits_sweep:
+            return False
+        self._next_hits_sweep = now + SWEEP_EVERY
+        return True
 
     def _disconnect(self) -> None:
         if self._conn is not None:
