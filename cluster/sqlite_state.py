@@ -207,7 +207,7 @@ class SqliteState:
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._use_wal(conn)
             # the state is rebuilt by the heartbeats and leases after a power loss: no fsync
             # per commit
             conn.execute("PRAGMA synchronous=NORMAL")
@@ -219,6 +219,20 @@ class SqliteState:
             conn.close()
             raise
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        # Switching a new file to WAL takes an exclusive lock, and a process that finds another
+        # one switching gets "database is locked" at once, without the busy timeout: several
+        # workers starting together would then fail their first use. Retry until the timeout.
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.005)
 
     def _maybe_sweep(self, conn: sqlite3.Connection) -> None:
         now = self._clock()

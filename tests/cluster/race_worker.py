@@ -26,3 +26,23 @@ async def _race(path: str, owner: str, rounds: int, barrier: Barrier, results: C
         await state.close()
     results.send(holders)
     results.close()
+
+
+def first_use(paths: list[str], owner: str, barrier: Barrier, results: Connection) -> None:
+    """Open each fresh file together with the rivals (the tables and WAL made at once)."""
+    asyncio.run(_first_use(paths, owner, barrier, results))
+
+
+async def _first_use(paths: list[str], owner: str, barrier: Barrier, results: Connection) -> None:
+    answers: list[str] = []
+    for path in paths:
+        state = SqliteState(path)
+        barrier.wait(timeout=30)
+        try:
+            answers.append(await state.acquire("call:1", owner, 60))
+        except Exception as exc:  # reported to the test, which fails with it
+            answers.append(repr(exc))
+        finally:
+            await state.close()
+    results.send(answers)
+    results.close()

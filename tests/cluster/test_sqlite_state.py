@@ -12,9 +12,11 @@ import pytest
 from cluster.sqlite_state import SWEEP_EVERY, SqliteState
 from cluster.state import NodeStatus, StateUnavailable
 from tests.cluster.conftest import FakeClock
-from tests.cluster.race_worker import race
+from tests.cluster.race_worker import first_use, race
 
 ROUNDS = 50
+STARTING = 4
+FRESH_FILES = 100
 
 
 def test_two_processes_racing_for_a_lease_get_exactly_one_winner(tmp_path: Path) -> None:
@@ -52,6 +54,34 @@ def test_two_processes_racing_for_a_lease_get_exactly_one_winner(tmp_path: Path)
     with sqlite3.connect(path) as conn:
         rows = dict(conn.execute("SELECT key, owner FROM leases").fetchall())
     assert rows == {f"call:{i}": first[i] for i in range(ROUNDS)}
+
+
+def test_workers_starting_together_on_a_fresh_file_all_get_an_answer(tmp_path: Path) -> None:
+    # the first use creates the tables and switches the file to WAL, in every process at once
+    paths = [str(tmp_path / f"fresh-{i}.db") for i in range(FRESH_FILES)]
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(STARTING)
+    owners = [f"worker-{i}" for i in range(STARTING)]
+    pipes = [ctx.Pipe(duplex=False) for _ in owners]
+    procs = [
+        ctx.Process(target=first_use, args=(paths, owner, barrier, send))
+        for owner, (_, send) in zip(owners, pipes, strict=True)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        answers = []
+        for receive, _ in pipes:
+            assert receive.poll(60), "a starting process sent no result within 60 s"
+            answers.append(receive.recv())
+    finally:
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+    for i in range(FRESH_FILES):
+        holders = {answer[i] for answer in answers}
+        assert len(holders) == 1 and holders <= set(owners), (paths[i], holders)
 
 
 async def test_two_instances_on_one_file_share_the_state(tmp_path: Path) -> None:
