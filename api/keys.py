@@ -14,7 +14,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from api.admin_metrics import QualityReader
     from calls.identity import Identity
-    from calls.ratelimit import RateLimiter
+    from calls.ratelimit import RateLimit
     from calls.ratings import CallRatings
     from calls.service import CallService
     from storage.base import Storage
@@ -24,7 +24,7 @@ SERVICE_KEY: web.AppKey[CallService] = web.AppKey("api.service")
 # The repository, for the admin and health endpoints (the video-call routes go through the service).
 STORAGE_KEY: web.AppKey[Storage] = web.AppKey("api.storage")
 # Per-user request budget for /api/video-calls/* (RATE_LIMIT_API_PER_MIN).
-API_RATE_LIMITER_KEY: web.AppKey[RateLimiter] = web.AppKey("api.rate_limiter")
+API_RATE_LIMITER_KEY: web.AppKey[RateLimit] = web.AppKey("api.rate_limiter")
 # The stored quality data behind /api/admin/metrics/* (implemented by metrics.setup.Metrics).
 QUALITY_KEY: web.AppKey[QualityReader] = web.AppKey("api.quality")
 

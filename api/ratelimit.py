@@ -1,5 +1,6 @@
 """RATE_LIMIT_API_PER_MIN on the REST face: the middleware, the `X-RateLimit-*` headers and the
-429 answer. The limiter itself (a sliding window log per key) is `calls.ratelimit.RateLimiter`.
+429 answer. The limiter itself is a `calls.ratelimit.RateLimit` (in this process, or shared by
+the fleet: `cluster.ratelimit.SharedRateLimiter`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ async def api_rate_limit_middleware(request: web.Request, handler: Handler) -> w
         or not request.path.startswith(API_LIMITED_PREFIX)
     ):
         return await handler(request)
-    result = limiter.hit(rate_limit_key(try_authenticate(request), request))
+    result = await limiter.hit(rate_limit_key(try_authenticate(request), request))
     if not result.allowed:
         raise rate_limited(result)
     headers = rate_limit_headers(result)

@@ -28,7 +28,7 @@ from api.middleware import (
 )
 from api.nodes import FLEET_KEY, FleetView
 from api.ratelimit import api_rate_limit_middleware
-from calls.ratelimit import RateLimiter
+from calls.ratelimit import RateLimit
 from calls.ratings import CallRatings, RatingObserver
 from calls.service import CallService
 from storage.base import Storage
@@ -39,7 +39,7 @@ def setup_api(
     *,
     service: CallService,
     storage: Storage,
-    rate_limiter: RateLimiter,
+    rate_limiter: RateLimit,
     quality: QualityReader,
     cors_origins: tuple[str, ...] = (),
     hsts: bool = False,

@@ -2,10 +2,12 @@
 
 The platform's API reference: 10 requests/minute per user on the video-call endpoints and
 3 WebSocket connections/minute per user. A sliding log is exact at the window's edge (a fixed
-window would allow 2x the limit across a boundary) and cheap at these small limits. State is
-per process; behind several instances the effective limit multiplies, which the deployment
-notes say. How a refusal looks on the wire (429 and `X-RateLimit-*` headers, a WebSocket error)
-is the faces' business.
+window would allow 2x the limit across a boundary) and cheap at these small limits.
+
+The faces see a `RateLimit`: `RateLimiter` here counts in this process; the fleet's
+`cluster.ratelimit.SharedRateLimiter` counts in the shared state (every worker and node), so a
+per-user limit holds however many processes serve the user. How a refusal looks on the wire (429
+and `X-RateLimit-*` headers, a WebSocket error) is the faces' business.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 # Sweep idle keys after this many hits so memory stays bounded under many distinct callers.
 _SWEEP_EVERY = 1024
@@ -31,8 +34,27 @@ class RateLimitResult:
     retry_after: int
 
 
+class RateLimit(Protocol):
+    """At most `limit` hits per key within a sliding window; `limit <= 0` disables it."""
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def enabled(self) -> bool: ...
+
+    async def hit(self, key: str) -> RateLimitResult:
+        """Count one attempt for `key` if within budget; say whether it is allowed."""
+        ...
+
+    async def peek(self, key: str) -> RateLimitResult:
+        """The current budget for `key` without counting a hit."""
+        ...
+
+
 class RateLimiter:
-    """At most `limit` hits per key within any `window` seconds. `limit <= 0` disables it."""
+    """At most `limit` hits per key within any `window` seconds, counted in this process.
+    `limit <= 0` disables it. A `RateLimit`."""
 
     def __init__(
         self, limit: int, window: float = 60.0, *, clock: Callable[[], float] = time.time
@@ -47,7 +69,7 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.limit > 0
 
-    def hit(self, key: str) -> RateLimitResult:
+    async def hit(self, key: str) -> RateLimitResult:
         """Count one attempt for `key` if within budget; say whether it is allowed."""
         now = self._clock()
         if not self.enabled:
@@ -63,7 +85,7 @@ class RateLimiter:
         hits.append(now)
         return RateLimitResult(True, self.limit, self.limit - len(hits), hits[0] + self.window, 0)
 
-    def peek(self, key: str) -> RateLimitResult:
+    async def peek(self, key: str) -> RateLimitResult:
         """The current budget for `key` without counting a hit."""
         now = self._clock()
         hits = self._hits.get(key, deque())

@@ -38,7 +38,7 @@ from calls.errors import (
 from calls.ice_servers import IceSettings, ice_servers
 from calls.identity import AuthError, Identity, decode_token
 from calls.policy import AccessDecision, evaluate_access
-from calls.ratelimit import RateLimiter, user_key
+from calls.ratelimit import RateLimit, RateLimiter, user_key
 from storage.base import (
     HistoryPage,
     SessionRecord,
@@ -183,14 +183,14 @@ class CallService:
         secret: str,
         clock: Callable[[], datetime] = utc_now,
         ice: IceSettings | None = None,
-        ws_limiter: RateLimiter | None = None,
+        ws_limiter: RateLimit | None = None,
     ) -> None:
         self.storage = storage
         self.audit = AuditLog(storage)
         self.clock = clock
         self.ice = ice or IceSettings()
         # Per-user WebSocket connection budget (RATE_LIMIT_WS_PER_MIN); disabled when None.
-        self.ws_limiter = ws_limiter or RateLimiter(0)
+        self.ws_limiter: RateLimit = ws_limiter or RateLimiter(0)
         self._secret = secret
         # Started calls seen with an empty room: since when (session id → first seen empty).
         self._empty_since: dict[str, datetime] = {}
@@ -213,7 +213,7 @@ class CallService:
         """The identity `token` vouches for, checked against the service's clock; `AuthError`."""
         return decode_token(token, self._secret, now=self.clock())
 
-    def connect(self, token: str) -> Identity:
+    async def connect(self, token: str) -> Identity:
         """A WebSocket connection authenticates: the token, then the per-user connection budget."""
         try:
             identity = self.identify(token)
@@ -221,7 +221,7 @@ class CallService:
             raise CallError(
                 ErrorKind.UNAUTHENTICATED, UNAUTHORIZED, exc.message, {"reason": exc.reason}
             ) from None
-        limit = self.ws_limiter.hit(user_key(identity.user_id))
+        limit = await self.ws_limiter.hit(user_key(identity.user_id))
         if not limit.allowed:
             raise CallError(
                 ErrorKind.RATE_LIMITED,

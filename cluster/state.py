@@ -91,7 +91,9 @@ class ClusterState(Protocol):
 
     async def hit(self, key: str, limit: int, window: float, now: float) -> Hits:
         """Count one hit for `key` if fewer than `limit` fall within the last `window`
-        seconds before `now` (a sliding log shared by every node)."""
+        seconds before `now` (a sliding log shared by every node). `now` is the caller's clock
+        (the counters never read the backend's); a hit exactly `window` old is out. A refused
+        hit is not counted."""
         ...
 
     async def count(self, key: str, window: float, now: float) -> Hits:
@@ -100,7 +102,10 @@ class ClusterState(Protocol):
         ...
 
     async def ping(self) -> bool:
-        """Whether the state answers now (readiness)."""
+        """Whether the state answers now (readiness); never raises. SQLite: whether the write
+        lock can be taken."""
         ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release the connection (and the SQLite backend's thread): the last call."""
+        ...

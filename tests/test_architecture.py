@@ -14,7 +14,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("calls", "relay", "signaling", "api", "metrics", "storage", "synth", "smiling_relay")
+PACKAGES = (
+    "calls",
+    "cluster",
+    "relay",
+    "signaling",
+    "api",
+    "metrics",
+    "storage",
+    "synth",
+    "smiling_relay",
+)
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -46,6 +56,13 @@ def test_every_import_contract_is_kept() -> None:
         ("calls/policy.py", "import relay.rtp", "calls-domain", "calls.policy -> relay.rtp"),
         ("api/errors.py", "import signaling.protocol", "faces-apart", "signaling.protocol"),
         ("metrics/quality.py", "import relay.room", "metrics-reads", "metrics.quality"),
+        ("cluster/state.py", "import aiohttp", "cluster-apart", "cluster.state -> aiohttp"),
+        (
+            "calls/ratelimit.py",
+            "import cluster.state",
+            "calls-domain",
+            "calls.ratelimit -> cluster",
+        ),
     ],
 )
 def test_a_broken_rule_fails_the_check(
@@ -85,6 +102,12 @@ def test_the_domain_loads_no_http_or_media() -> None:
     loaded = _loaded_after("import calls.service, calls.identity, calls.policy, calls.audit")
     assert "jwt" in loaded
     assert not loaded & {"aiohttp", "aiortc", "aioice", "av", "prometheus_client"}
+
+
+def test_the_cluster_state_loads_no_http_or_media() -> None:
+    loaded = _loaded_after("import cluster.ratelimit, cluster.sqlite_state, cluster.redis_state")
+    assert "redis" in loaded  # the import did happen
+    assert not loaded & {"aiohttp", "aiortc", "aioice", "av", "prometheus_client", "motor"}
 
 
 def test_the_server_loads_neither_the_qa_tool_nor_its_plotting() -> None:

@@ -54,4 +54,4 @@ async def test_limiters_are_configured_from_config(make_client: MakeClient) -> N
     assert app[API_RATE_LIMITER_KEY].limit == 7
     ws = app[SERVICE_KEY].ws_limiter
     assert ws.limit == 3
-    assert [ws.hit("user:x").allowed for _ in range(4)] == [True, True, True, False]
+    assert [(await ws.hit("user:x")).allowed for _ in range(4)] == [True, True, True, False]

@@ -15,36 +15,36 @@ class Seconds:
         return self.now
 
 
-def test_sliding_window() -> None:
+async def test_sliding_window() -> None:
     t = Seconds()
     limiter = RateLimiter(3, 60, clock=t)
-    results = [limiter.hit("u") for _ in range(3)]
+    results = [await limiter.hit("u") for _ in range(3)]
     assert [r.remaining for r in results] == [2, 1, 0]
     assert all(r.allowed for r in results)
     t.now += 10
-    refused = limiter.hit("u")
+    refused = await limiter.hit("u")
     assert not refused.allowed
     assert refused.retry_after == 50
     assert rate_limit_headers(refused)["Retry-After"] == "50"
     assert rate_limit_headers(refused)["X-RateLimit-Reset"] == str(1_000_000 + 60)
-    assert limiter.hit("other").allowed  # keys are independent
+    assert (await limiter.hit("other")).allowed  # keys are independent
     t.now += 50  # the three first hits leave the window together
-    assert [limiter.hit("u").allowed for _ in range(4)] == [True, True, True, False]
-    assert limiter.peek("u").remaining == 0
+    assert [(await limiter.hit("u")).allowed for _ in range(4)] == [True, True, True, False]
+    assert (await limiter.peek("u")).remaining == 0
 
 
-def test_disabled_when_zero() -> None:
+async def test_disabled_when_zero() -> None:
     limiter = RateLimiter(0)
-    assert all(limiter.hit("u").allowed for _ in range(1000))
+    assert all([(await limiter.hit("u")).allowed for _ in range(1000)])
 
 
-def test_idle_keys_are_swept() -> None:
+async def test_idle_keys_are_swept() -> None:
     t = Seconds()
     limiter = RateLimiter(5, 60, clock=t)
     for i in range(2000):
-        limiter.hit(f"k{i}")
+        await limiter.hit(f"k{i}")
     t.now += 120
     for i in range(1100):
-        limiter.hit(f"fresh{i}")
+        await limiter.hit(f"fresh{i}")
     # the sweep at the 2048th hit (1024 hits apart) dropped every idle key, and only those
     assert set(limiter._hits) == {f"fresh{i}" for i in range(1100)}

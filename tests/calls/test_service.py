@@ -233,15 +233,15 @@ async def test_connect_checks_the_token_then_the_per_user_budget(
     service: CallService, booking_factory: BookingFactory
 ) -> None:
     b = await booking_factory()
-    assert service.connect(b.client_token) == client_of(b)
-    assert service.connect(b.client_token) == client_of(b)
+    assert await service.connect(b.client_token) == client_of(b)
+    assert await service.connect(b.client_token) == client_of(b)
     with pytest.raises(CallError) as limited:
-        service.connect(b.client_token)
+        await service.connect(b.client_token)
     assert limited.value.kind is ErrorKind.RATE_LIMITED
     assert limited.value.details == {"retryAfter": 60}
-    assert service.connect(b.psychologist_token).role == "psychologist"  # budgets are per user
+    assert (await service.connect(b.psychologist_token)).role == "psychologist"  # per user
     with pytest.raises(CallError) as bad:
-        service.connect("not-a-token")
+        await service.connect("not-a-token")
     assert (bad.value.kind, bad.value.details) == (
         ErrorKind.UNAUTHENTICATED,
         {"reason": MALFORMED_TOKEN},
