@@ -213,14 +213,17 @@ class CallService:
         """The identity `token` vouches for, checked against the service's clock; `AuthError`."""
         return decode_token(token, self._secret, now=self.clock())
 
-    async def connect(self, token: str) -> Identity:
-        """A WebSocket connection authenticates: the token, then the per-user connection budget."""
+    async def connect(self, token: str, *, counted: bool = True) -> Identity:
+        """A WebSocket connection authenticates: the token, then the per-user connection budget
+        (`counted=False`: a connection another node bridged here, counted there already)."""
         try:
             identity = self.identify(token)
         except AuthError as exc:
             raise CallError(
                 ErrorKind.UNAUTHENTICATED, UNAUTHORIZED, exc.message, {"reason": exc.reason}
             ) from None
+        if not counted:
+            return identity
         limit = await self.ws_limiter.hit(user_key(identity.user_id))
         if not limit.allowed:
             raise CallError(

@@ -181,7 +181,7 @@ class SignalingConnection:
 
     async def _authenticate(self, token: str) -> bool:
         try:
-            identity = await self.service.connect(token)
+            identity = await self.service.connect(token, counted=self.bridged is None)
         except CallError as exc:
             code, close = AUTH_REFUSALS.get(exc.kind, (exc.code, CLOSE_POLICY_VIOLATION))
             self._send_error(code, exc.message, exc.details)

@@ -22,9 +22,11 @@ from aiohttp import web
 from api.errors import NOT_FOUND, ApiError
 from api.setup import setup_api
 from calls.ice_servers import IceSettings
-from calls.ratelimit import RateLimiter
+from calls.ratelimit import RateLimit, RateLimiter
 from calls.service import CallService
 from cluster.node import NodeAgent
+from cluster.ratelimit import SharedRateLimiter
+from cluster.state import ClusterState
 from metrics.setup import Metrics, setup_metrics
 from relay.candidates import PeerPolicy, parse_ranges
 from relay.settings import RelaySettings
@@ -103,14 +105,14 @@ def create_app(
     def epoch() -> float:
         return config.clock().timestamp()
 
+    state = open_state(config.redis_url, config.cluster_state_file)
     service = CallService(
         store,
         secret=config.jwt_secret,
         clock=config.clock,
         ice=ice_settings(config),
-        ws_limiter=RateLimiter(config.rate_limit_ws_per_min, clock=epoch),
+        ws_limiter=_rate_limit(config, state, config.rate_limit_ws_per_min, "ws", epoch),
     )
-    state = open_state(config.redis_url, config.cluster_state_file)
     agent = NodeAgent(
         state,
         node_id=config.node_id,
@@ -150,7 +152,7 @@ def create_app(
         app,
         service=service,
         storage=store,
-        rate_limiter=RateLimiter(config.rate_limit_api_per_min, clock=epoch),
+        rate_limiter=_rate_limit(config, state, config.rate_limit_api_per_min, "api", epoch),
         quality=metrics,
         cors_origins=config.cors_origins,
         hsts=config.is_production,
@@ -189,6 +191,16 @@ def create_app(
         _stale_calls_lifetime(service, fleet, timedelta(minutes=idle) if idle > 0 else None)
     )
     return app
+
+
+def _rate_limit(
+    config: Config, state: ClusterState, limit: int, scope: str, clock: Callable[[], float]
+) -> RateLimit:
+    """Per-user limits hold across every worker and node: counted in the shared state when
+    there is one (each process's own counters while it cannot be reached)."""
+    if config.clustered:
+        return SharedRateLimiter(state, limit, scope=scope, clock=clock)
+    return RateLimiter(limit, clock=clock)
 
 
 def _storage_lifetime(
