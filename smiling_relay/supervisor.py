@@ -294,7 +294,7 @@ class Supervisor:
         self._restart_at[index] = now + delay
         level = logging.INFO if code == 0 else logging.WARNING
         log.log(
-            level, "worker %d (pid %d) %s; restarting in %.1f s", index, pid, _describe(code), delay
+            level, "worker %d (pid %d) %s; restarting in %.2g s", index, pid, _describe(code), delay
         )
 
     def _restart_due(self) -> None:
