@@ -155,6 +155,16 @@ def worker_command(log_level: str) -> list[str]:
 def serve(config: Config, *, log_level: str = "INFO") -> int:
     """Run `config.workers` workers until SIGTERM/SIGINT; the process's exit code."""
     plans = plan_workers(config)
+    # Blocked from here on, for every thread: one that storage starts (a driver's monitor) must
+    # not take a SIGTERM meant for the supervisor's `sigtimedwait`.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
+    try:
+        return _serve(config, plans, log_level)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _serve(config: Config, plans: list[WorkerPlan], log_level: str) -> int:
     asyncio.run(_initialize_storage(config))
     shared = {**os.environ, "HOST": config.host, "PORT": str(config.port)}
     shared.pop("RELAY_CLUSTER_STATE_FILE", None)  # the supervisor's own, below, or none
@@ -216,6 +226,10 @@ class Supervisor:
     def run(self) -> int:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _WATCHED)
         try:
+            if set(signal.sigpending()) & set(_STOP_SIGNALS):  # came while storage initialized
+                stop = signal.sigtimedwait(_STOP_SIGNALS, 0)
+                log.info("%s before the workers started: not starting them", _name(stop))
+                return 0
             for plan in self._plans:
                 self._start(plan)
             while self._running or (self._restart_at and not self._stopping):
@@ -310,6 +324,10 @@ class Supervisor:
         if not self._restart_at or self._stopping:
             return _IDLE_WAIT
         return max(0.0, min(self._restart_at.values()) - self._clock())
+
+
+def _name(received: signal.struct_siginfo | None) -> str:
+    return "a signal" if received is None else signal.Signals(received.si_signo).name
 
 
 def _describe(code: int) -> str:

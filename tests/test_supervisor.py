@@ -305,3 +305,19 @@ def test_a_refused_configuration_is_not_restarted(
     code, runs, messages = run_supervisor(tmp_path, monkeypatch, "2")
     assert (code, runs) == (2, 1)
     assert any("configuration refused" in m for m in messages)
+
+
+def test_a_stop_before_the_start_starts_nothing(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    env = {**os.environ, "RUNS": str(runs), "PLAN": "stop", "ON_TERM": "0"}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)  # pending, as if sent while storage initialized
+        code = Supervisor(
+            [WorkerPlan(0, "t-w0", 1, None, None)], [sys.executable, "-c", CHILD], env
+        ).run()
+        assert signal.SIGTERM not in signal.sigpending()  # taken, not left to kill us later
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    assert code == 0
+    assert not runs.exists()

@@ -1,27 +1,87 @@
-"""SIGTERM in `smiling_relay.server.run`: stop accepting on the public port, drain, stop.
+"""The listeners of `smiling_relay.server`: a worker's shared public port and its internal one;
+SIGTERM in `server.run`: stop accepting on the public port, drain, stop.
 
-The real app in a real `server.run` subprocess, with a stand-in drain (`DRAIN_KEY`) that ends
-when the test says so through the internal listener: while it runs, the public port refuses new
-connections, a connection opened before still gets answers, the internal port still answers;
-a second SIGTERM ends the drain at once.
+For the stop, the real app in a real `server.run` subprocess, with a stand-in drain
+(`DRAIN_KEY`) that ends when the test says so through the internal listener: while it runs, the
+public port refuses new connections, a connection opened before still gets answers, the
+internal port still answers; a second SIGTERM ends the drain at once.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 
+from smiling_relay import server
+from smiling_relay.app import create_app
+from smiling_relay.config import Config
+from storage.base import Storage
 from tests.helpers import TEST_JWT_SECRET
 from tests.processes import free_ports, healthz, serve_env, wait_for
+from tests.tls_cert import make_self_signed
+
+Start = Callable[..., Awaitable[server.Running]]
+
+
+@pytest.fixture
+async def start(config: Config, storage: Storage) -> AsyncIterator[Start]:
+    started: list[server.Running] = []
+
+    async def factory(**overrides: object) -> server.Running:
+        cfg = dataclasses.replace(config, host="127.0.0.1", **overrides)  # type: ignore[arg-type]
+        running = await server.start(create_app(cfg, storage), cfg)
+        started.append(running)
+        return running
+
+    yield factory
+    for running in reversed(started):
+        await running.stop()
+
+
+async def status(url: str, **kwargs: object) -> int:
+    async with aiohttp.ClientSession() as http, http.get(url, **kwargs) as resp:  # type: ignore[arg-type]
+        return resp.status
+
+
+async def test_workers_share_the_public_port(start: Start) -> None:
+    port = free_ports(1)
+    a = await start(port=port, worker_index=0, internal_port=0)
+    b = await start(port=port, worker_index=1, internal_port=0)
+    assert a.port == b.port == port
+    assert a.internal_port and b.internal_port and a.internal_port != b.internal_port
+    for running in (a, b):
+        assert await status(f"http://127.0.0.1:{running.internal_port}/healthz") == 200
+    assert await status(f"http://127.0.0.1:{port}/healthz") == 200
+
+
+async def test_a_single_process_does_not_share_its_port(start: Start) -> None:
+    first = await start(port=0)
+    assert first.internal_port is None  # no RELAY_INTERNAL_PORT: no internal listener
+    with pytest.raises(OSError, match="address already in use"):
+        await start(port=first.port)
+
+
+async def test_the_internal_listener_is_plain_http_beside_tls(start: Start, tmp_path: Path) -> None:
+    cert = make_self_signed(tmp_path)
+    running = await start(
+        port=0, tls_cert_file=str(cert.cert_file), tls_key_file=str(cert.key_file), internal_port=0
+    )
+    context = ssl.create_default_context(cafile=str(cert.cert_file))
+    assert await status(f"https://127.0.0.1:{running.port}/healthz", ssl=context) == 200
+    assert await status(f"http://127.0.0.1:{running.internal_port}/healthz") == 200
+
 
 SERVER = textwrap.dedent(
     """
