@@ -19,7 +19,7 @@ Every worker binds the public port with SO_REUSEPORT (the kernel spreads connect
 them). A worker that exits while the supervisor is not stopping is started again after a
 backoff (0.5 s, doubling to 10 s; a worker that ran 30 s starts over at 0.5 s), also one that
 exits 0 after an admin drain: that is a worker restart. A worker that exits 2 (its configuration
-is refused) stops everything: restarting cannot fix it.
+is refused) on its first start stops everything: restarting cannot fix it.
 
 SIGTERM or SIGINT: the supervisor forwards SIGTERM to every worker (each drains its calls, for
 at most DRAIN_TIMEOUT: the supervisor sets no deadline of its own) and exits when all have: 0
@@ -216,11 +216,14 @@ class Supervisor:
         self._clock = clock
         self._running: dict[int, subprocess.Popen[bytes]] = {}  # worker index → process
         self._started_at: dict[int, float] = {}
+        self._starts = {plan.index: 0 for plan in self._plans}
         self._backoff = {plan.index: RESTART_BACKOFF_MIN for plan in self._plans}
         self._restart_at: dict[int, float] = {}  # worker index → when to start it again
         self._last_code: dict[int, int] = {}
         self._stopping = False
-        self._refused = False  # a worker exited 2: its configuration cannot work
+        # A worker's first run exited 2: its configuration cannot work, restarting cannot help.
+        # (Later, a 2 is restarted like any exit: the operator may be putting a file back.)
+        self._refused = False
         self._pdeathsig = _pdeathsig_setter()
 
     def run(self) -> int:
@@ -261,6 +264,7 @@ class Supervisor:
         )
         self._running[plan.index] = proc
         self._started_at[plan.index] = self._clock()
+        self._starts[plan.index] += 1
         log.info("worker %d started (pid %d, node %s)", plan.index, proc.pid, plan.node_id)
         if self._stopping:  # a signal came while it was being started
             proc.send_signal(signal.SIGTERM)
@@ -292,7 +296,7 @@ class Supervisor:
             self._last_code[index] = code
             if self._stopping:
                 log.info("worker %d (pid %d) %s", index, proc.pid, _describe(code))
-            elif code == EXIT_USAGE:
+            elif code == EXIT_USAGE and self._starts[index] == 1:
                 log.error("worker %d %s (configuration refused): stopping", index, _describe(code))
                 self._refused = True
                 self._on_stop_signal(signal.SIGTERM)

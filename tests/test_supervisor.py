@@ -321,3 +321,9 @@ def test_a_stop_before_the_start_starts_nothing(tmp_path: Path) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
     assert code == 0
     assert not runs.exists()
+
+
+def test_a_later_exit_2_is_restarted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # After a first run that worked, a refused start (a TLS file being replaced) is retried.
+    code, runs, _ = run_supervisor(tmp_path, monkeypatch, "3,2,stop")
+    assert (code, runs) == (0, 3)
