@@ -66,6 +66,18 @@ async def test_workers_share_the_public_port(start: Start) -> None:
     assert await status(f"http://127.0.0.1:{port}/healthz") == 200
 
 
+async def test_workers_share_the_tls_and_redirect_ports(start: Start, tmp_path: Path) -> None:
+    cert = make_self_signed(tmp_path)
+    port, redirect = free_ports(1), free_ports(1)
+    tls = {"tls_cert_file": str(cert.cert_file), "tls_key_file": str(cert.key_file)}
+    for index in (0, 1):
+        running = await start(port=port, http_redirect_port=redirect, worker_index=index, **tls)
+        assert (running.port, running.redirect_port) == (port, redirect)
+    context = ssl.create_default_context(cafile=str(cert.cert_file))
+    assert await status(f"https://127.0.0.1:{port}/healthz", ssl=context) == 200
+    assert await status(f"http://127.0.0.1:{redirect}/x", allow_redirects=False) == 308
+
+
 async def test_a_single_process_does_not_share_its_port(start: Start) -> None:
     first = await start(port=0)
     assert first.internal_port is None  # no RELAY_INTERNAL_PORT: no internal listener

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -170,7 +171,7 @@ def test_a_killed_supervisor_leaves_no_orphans(two_workers: Workers) -> None:
         for pid in workers.values():  # PR_SET_PDEATHSIG: each worker gets SIGTERM and stops
             wait_for(gone(pid), f"orphaned worker {pid} gone", 20)
     finally:
-        subprocess.run(["rm", "-rf", str(state_dir)], check=False)  # no supervisor to do it
+        shutil.rmtree(state_dir, ignore_errors=True)  # no supervisor left to do it
 
 
 @pytest.mark.parametrize(
