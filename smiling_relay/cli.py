@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from calls.identity import mint_token
-from smiling_relay.config import Config, ConfigError
+from smiling_relay.config import MAX_WORKERS, Config, ConfigError
 from smiling_relay.logs import configure_logging
 from storage.base import ROLES, DuplicateError, Storage, UserRecord, format_datetime, is_object_id
 from storage.factory import open_storage
@@ -42,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--host", help="listen address (default $HOST or 0.0.0.0)")
     serve.add_argument("--port", type=int, help="listen port (default $PORT or 8080)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="worker processes (default $RELAY_WORKERS or one per core; 1: a single process)",
+    )
 
     demo = sub.add_parser(
         "demo", help="create demo users and a bookable session; print ids, tokens and links"
@@ -107,7 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     configure_logging(level, config.log_format)
     if args.command == "serve":
-        return _serve(config, host=args.host, port=args.port)
+        return _serve(
+            config, host=args.host, port=args.port, workers=args.workers, log_level=args.log_level
+        )
     if args.command == "demo":
         return _demo(config, starts_in_minutes=args.starts_in, as_json=args.json)
     if args.command == "token":
@@ -130,12 +138,14 @@ def _require_stable_secret(config: Config, what: str) -> bool:
 # -- serve --------------------------------------------------------------------------------------
 
 
-def _serve(config: Config, *, host: str | None, port: int | None) -> int:
-    from aiohttp import web
-
-    from smiling_relay import server
-    from smiling_relay.app import create_app
-
+def _serve(
+    config: Config,
+    *,
+    host: str | None,
+    port: int | None,
+    workers: int | None = None,
+    log_level: str = "INFO",
+) -> int:
     if host:
         config = dataclasses.replace(config, host=host)
     if port is not None:
@@ -143,17 +153,49 @@ def _serve(config: Config, *, host: str | None, port: int | None) -> int:
             print("smiling-relay: --port must be within 0-65535", file=sys.stderr)
             return EXIT_USAGE
         config = dataclasses.replace(config, port=port)
+    if workers is not None:
+        if not 1 <= workers <= MAX_WORKERS:
+            print(f"smiling-relay: --workers must be within 1-{MAX_WORKERS}", file=sys.stderr)
+            return EXIT_USAGE
+        config = dataclasses.replace(config, workers=workers)
     if config.jwt_secret_generated:
         # Development only (production refuses to start without one): say it loudly, once.
         log.warning(
             "JWT_SECRET is not set; generated a development secret for this run: %s",
             config.jwt_secret,
         )
+    if config.workers > 1 and config.worker_index is None:
+        # The supervisor imports no aiohttp or aiortc: it only starts and watches the workers.
+        from smiling_relay import supervisor
+
+        try:
+            return supervisor.serve(config, log_level=log_level)
+        except ConfigError as exc:
+            print(f"smiling-relay: configuration error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    return _serve_here(config)
+
+
+def _serve_here(config: Config) -> int:
+    """This process serves: the single process, or one of the supervisor's workers."""
+    from aiohttp import web
+
+    from smiling_relay import server
+    from smiling_relay.app import create_app
+
     app = create_app(config)
+    worker = ""
+    if config.worker_index is not None:
+        ports = config.relay_udp_ports
+        worker = (
+            f"worker {config.worker_index} (node {config.node_id}, internal "
+            f"{config.internal_url}, UDP {f'{ports[0]}-{ports[1]}' if ports else 'any'}) "
+        )
 
     async def announce(_: web.Application) -> None:
         log.info(
-            "smiling-relay serving on %s (bind %s:%d, %s, storage %s, %s mode)",
+            "smiling-relay %sserving on %s (bind %s:%d, %s, storage %s, %s mode)",
+            worker,
             config.base_url(),
             config.host,
             config.port,

@@ -6,10 +6,14 @@ the process with a `ConfigError` that names the variable, instead of failing lat
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import logging
 import os
+import re
 import secrets
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,10 +27,38 @@ E2EE_POLICIES = ("required", "preferred", "off")
 PRODUCTION_NAMES = frozenset({"production", "prod"})
 MIN_SECRET_LENGTH = 32
 LOG_FORMATS = ("json", "text")
+MAX_WORKERS = 64
+# A node id names a worker in logs, metrics labels and the shared state (keys, heartbeats).
+MAX_NODE_ID_LENGTH = 64
+NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+DEFAULT_DRAIN_TIMEOUT = 8100.0  # 2 h 15 min: a 2-hour session and its late start
+# CLUSTER_SECRET's default: HMAC-SHA256(JWT_SECRET, this label), so one secret set is enough and
+# the tokens' secret itself never travels between nodes.
+CLUSTER_SECRET_LABEL = b"smiling-relay cluster secret v1"
 
 
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on (the affinity mask, which containers'
+    cpusets narrow, else `os.cpu_count()`), within 1..MAX_WORKERS."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
+
+
+def default_node_id() -> str:
+    """The host name, reduced to the node-id alphabet, short enough for `-wNN` suffixes."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()) or "relay"
+    return name[: MAX_NODE_ID_LENGTH - len("-w63")]
+
+
+def derive_cluster_secret(jwt_secret: str) -> str:
+    return hmac.new(jwt_secret.encode(), CLUSTER_SECRET_LABEL, hashlib.sha256).hexdigest()
 
 
 def utc_now() -> datetime:
@@ -91,8 +123,35 @@ class Config:
     ws_max_connections_per_user: int = 3
     ws_messages_per_second: float = 20.0
     ws_message_burst: int = 40
+    # -- Scale-out (docs/scaling.md) --
+    # Worker processes `serve` runs on this machine (1: today's single process, no supervisor).
+    workers: int = 1
+    # Redis shared by the nodes of several machines (placement, leases, shared rate limits).
+    redis_url: str | None = None
+    # Seconds a draining worker waits for its calls to end before it ends the stragglers.
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    # This node's (worker's) name in the fleet; the supervisor gives its workers `{id}-w{i}`.
+    node_id: str = "relay"
+    # Set by the supervisor in its workers' environment (not a user setting).
+    worker_index: int | None = None
+    # The node-internal listener (bridged WebSockets, RPCs, per-worker /metrics); None: none.
+    internal_host: str = "127.0.0.1"
+    internal_port: int | None = None
+    # RELAY_INTERNAL_URL: where the other nodes reach the internal listener, when the bind
+    # address does not say it (`{port}` is replaced by the worker's internal port).
+    internal_url_override: str | None = None
+    # The most calls placement hands one worker.
+    worker_max_calls: int = 60
+    # Signs what nodes send each other (bridged sockets, RPCs). Never printed.
+    cluster_secret: str = field(default="", repr=False)
+    # The one-machine shared state (SQLite) the supervisor's workers share (set by it).
+    cluster_state_file: str | None = None
     # Injected so time-window rules are testable without sleeping; never compared or printed.
     clock: Callable[[], datetime] = field(default=utc_now, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.cluster_secret:  # a Config built in code derives it as from_env does
+            object.__setattr__(self, "cluster_secret", derive_cluster_secret(self.jwt_secret))
 
     @property
     def is_production(self) -> bool:
@@ -106,15 +165,27 @@ class Config:
     def storage_backend(self) -> str:
         return "mongodb" if self.mongodb_uri else "sqlite"
 
+    @property
+    def clustered(self) -> bool:
+        """A worker of a supervisor, or a node sharing placement through Redis."""
+        return self.worker_index is not None or self.redis_url is not None
+
+    @property
+    def internal_url(self) -> str | None:
+        """Where the other workers and nodes reach this one's internal listener."""
+        port = self.internal_port
+        if self.internal_url_override is not None:
+            url = self.internal_url_override
+            return url.replace("{port}", str(port)) if port is not None else url
+        if port is None:
+            return None
+        return f"http://{_loopback_if_any(self.internal_host)}:{port}"
+
     def base_url(self) -> str:
         """Where a browser on this machine reaches the service (for printed links)."""
         if self.public_url:
             return self.public_url.rstrip("/")
-        host = self.host
-        if host in ("0.0.0.0", "::", ""):
-            host = "127.0.0.1"
-        elif ":" in host:
-            host = f"[{host}]"
+        host = _loopback_if_any(self.host, ipv6_any="127.0.0.1")
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @classmethod
@@ -156,6 +227,9 @@ class Config:
         log_format = (env.get_str("LOG_FORMAT") or ("json" if is_production else "text")).lower()
         if log_format not in LOG_FORMATS:
             raise ConfigError(f"LOG_FORMAT must be json or text, got {log_format!r}")
+        cluster_secret = env.get_str("CLUSTER_SECRET")
+        if cluster_secret is not None and len(cluster_secret) < MIN_SECRET_LENGTH:
+            log.warning("CLUSTER_SECRET is shorter than %d characters", MIN_SECRET_LENGTH)
         data_key = env.get_str("DATA_ENCRYPTION_KEY")
         if data_key is not None:
             try:
@@ -208,6 +282,21 @@ class Config:
             ws_max_connections_per_user=env.get_int("WS_MAX_CONNECTIONS_PER_USER", 3, minimum=1),
             ws_messages_per_second=env.get_float("WS_MESSAGES_PER_SECOND", 20.0, minimum=1.0),
             ws_message_burst=env.get_int("WS_MESSAGE_BURST", 40, minimum=1),
+            workers=env.get_int("RELAY_WORKERS", default_workers(), minimum=1, maximum=MAX_WORKERS),
+            redis_url=env.get_url("REDIS_URL", schemes=("redis", "rediss", "unix")),
+            drain_timeout=env.get_float("DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT, minimum=0.0),
+            node_id=check_node_id(
+                "RELAY_NODE_ID", env.get_str("RELAY_NODE_ID") or default_node_id()
+            ),
+            worker_index=env.get_optional_int(
+                "RELAY_WORKER_INDEX", minimum=0, maximum=MAX_WORKERS - 1
+            ),
+            internal_host=env.get_str("RELAY_INTERNAL_HOST") or "127.0.0.1",
+            internal_port=env.get_optional_int("RELAY_INTERNAL_PORT", minimum=0, maximum=65535),
+            internal_url_override=env.get_url("RELAY_INTERNAL_URL", schemes=("http", "https")),
+            worker_max_calls=env.get_int("RELAY_WORKER_MAX_CALLS", 60, minimum=1),
+            cluster_secret=cluster_secret or derive_cluster_secret(jwt_secret),
+            cluster_state_file=env.get_str("RELAY_CLUSTER_STATE_FILE"),
         )
 
 
@@ -297,6 +386,23 @@ class _Env:
         if not sep or not (1024 <= low <= high <= 65535):
             raise ConfigError(f"{name} must be an ascending range within 1024-65535, got {raw!r}")
         return (low, high)
+
+
+def check_node_id(name: str, value: str) -> str:
+    if not NODE_ID_PATTERN.fullmatch(value):
+        raise ConfigError(
+            f"{name} must be 1-{MAX_NODE_ID_LENGTH} letters, digits, '.', '_' or '-', got {value!r}"
+        )
+    return value
+
+
+def _loopback_if_any(host: str, *, ipv6_any: str = "[::1]") -> str:
+    """A URL host for `host`: a wildcard bind address becomes loopback, IPv6 in brackets."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return ipv6_any
+    return f"[{host}]" if ":" in host else host
 
 
 def _check_ice_url(name: str, value: str, schemes: tuple[str, ...]) -> str:

@@ -1,6 +1,10 @@
 """Serving the app: the listeners (HTTPS when TLS files are set, the optional HTTP → HTTPS
-redirect port), the connection-level behaviour of `api.protocol.EnvelopeAppRunner`, and a clean
-stop on SIGINT/SIGTERM.
+redirect port, the node-internal listener), the connection-level behaviour of
+`api.protocol.EnvelopeAppRunner`, and the stop on SIGINT/SIGTERM: stop accepting, drain, stop.
+
+A worker of `smiling_relay.supervisor` binds the public port with SO_REUSEPORT, so the kernel
+spreads new connections over the workers, and (with `RELAY_INTERNAL_PORT`) the same app on a
+port of its own, without TLS, that the other workers and nodes reach it on.
 
 TLS: TLS 1.2 at least, and for TLS 1.2 only forward-secret AEAD suites (ECDHE with AES-GCM or
 ChaCha20-Poly1305; TLS 1.3's suites are all modern and fixed by OpenSSL). WebSockets upgrade on
@@ -13,11 +17,13 @@ import asyncio
 import logging
 import signal
 import ssl
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from api.protocol import HEADER_TIMEOUT, EnvelopeAppRunner
+from smiling_relay.app import DRAIN_KEY
 from smiling_relay.config import Config
 
 log = logging.getLogger(__name__)
@@ -65,18 +71,34 @@ class Running:
     """The started listeners; `stop()` closes them (the app's cleanup runs there)."""
 
     runner: web.AppRunner
+    public_site: web.TCPSite
     redirect_runner: web.AppRunner | None = None
+    redirect_site: web.TCPSite | None = None
+    internal_site: web.TCPSite | None = None
     urls: list[str] = field(default_factory=list)
 
     @property
     def port(self) -> int:
-        return int(self.runner.addresses[0][1])
+        return self.public_site.port
 
     @property
     def redirect_port(self) -> int | None:
-        if self.redirect_runner is None:
-            return None
-        return int(self.redirect_runner.addresses[0][1])
+        return None if self.redirect_site is None else self.redirect_site.port
+
+    @property
+    def internal_port(self) -> int | None:
+        return None if self.internal_site is None else self.internal_site.port
+
+    async def stop_accepting(self) -> None:
+        """Close the public listening sockets (and the redirect one): the load balancer and the
+        kernel's SO_REUSEPORT group send new connections elsewhere, while the connections already
+        open and the internal listener keep working. A site's `stop()` only closes its server;
+        `asyncio.Server.wait_closed()`, which on Python 3.12+ waits for every connection, is not
+        awaited here."""
+        listeners = ((self.runner, self.public_site), (self.redirect_runner, self.redirect_site))
+        for runner, site in listeners:
+            if runner is not None and site is not None and site in runner.sites:  # once
+                await site.stop()
 
     async def stop(self) -> None:
         if self.redirect_runner is not None:
@@ -87,7 +109,9 @@ class Running:
 async def start(
     app: web.Application, config: Config, *, header_timeout: float = HEADER_TIMEOUT
 ) -> Running:
-    """Start the app's listener (HTTPS with TLS files) and, with TLS, the redirect port."""
+    """Start the app's listener (HTTPS with TLS files), with TLS the redirect port, and with
+    `internal_port` the internal listener (plain HTTP, meant for loopback or a private network).
+    """
     runner = EnvelopeAppRunner(
         app, header_timeout=header_timeout, shutdown_timeout=SHUTDOWN_TIMEOUT
     )
@@ -97,29 +121,57 @@ async def start(
         context = tls_context(config.tls_cert_file, config.tls_key_file)
     elif config.is_production:
         log.warning(NO_TLS_WARNING)
-    await web.TCPSite(runner, config.host, config.port, ssl_context=context).start()
-    running = Running(runner)
+    # The supervisor's workers share the public port: the kernel spreads connections over them.
+    shared = True if config.worker_index is not None else None
+    public = web.TCPSite(runner, config.host, config.port, ssl_context=context, reuse_port=shared)
+    await public.start()
+    running = Running(runner, public)
+    if config.internal_port is not None:
+        internal = web.TCPSite(runner, config.internal_host, config.internal_port)
+        await internal.start()
+        running.internal_site = internal
     if context is not None and config.http_redirect_port is not None:
         redirect = web.AppRunner(redirect_app(config, running.port), access_log=None)
         await redirect.setup()
-        await web.TCPSite(redirect, config.host, config.http_redirect_port).start()
-        running.redirect_runner = redirect
+        site = web.TCPSite(redirect, config.host, config.http_redirect_port, reuse_port=shared)
+        await site.start()
+        running.redirect_runner, running.redirect_site = redirect, site
     return running
 
 
 def run(app: web.Application, config: Config) -> None:
-    """Serve until SIGINT or SIGTERM."""
+    """Serve until SIGINT or SIGTERM. The first signal stops accepting public connections and
+    runs the app's drain (`DRAIN_KEY`: the calls in progress continue until they end, at most
+    DRAIN_TIMEOUT), then stops; a second signal during the drain stops at once."""
 
     async def main() -> None:
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        signals = asyncio.Queue[signal.Signals]()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, signals.put_nowait, sig)
         running = await start(app, config)
         try:
-            await stop.wait()
+            first = await signals.get()
+            await running.stop_accepting()
+            drain = app.get(DRAIN_KEY)
+            if drain is not None:
+                log.info("%s: no new connections; draining (a second signal stops now)", first.name)
+                await _until_either(drain(), signals.get())
         finally:
             log.info("stopping")
             await running.stop()
 
     asyncio.run(main())
+
+
+async def _until_either(drain: Awaitable[None], second_signal: Awaitable[signal.Signals]) -> None:
+    """Wait for the drain to finish or a second signal to arrive, cancel the other."""
+    tasks = {asyncio.ensure_future(drain), asyncio.ensure_future(second_signal)}
+    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        result = task.result()  # a failed drain is logged by the traceback it raises
+        if isinstance(result, signal.Signals):
+            log.warning("%s during the drain: stopping now", result.name)

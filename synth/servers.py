@@ -74,6 +74,8 @@ class RelayProcess:
             # benchmark clients: many at once from one namespace address, on private ranges
             WS_MAX_PENDING_PER_IP="100000",
             RELAY_ALLOWED_PEER_RANGES="10.0.0.0/8",
+            # one process, whose /proc/PID/stat is the relay's CPU (env may ask for workers)
+            RELAY_WORKERS="1",
         )
         settings.update(env or {})
         self.log_path = workdir / f"relay-{tag}.log"

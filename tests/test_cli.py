@@ -24,11 +24,14 @@ USER = "507f1f77bcf86cd799439011"
 
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """A clean environment: test secret, temp SQLite file, no platform variables."""
+    """A clean environment: test secret, temp SQLite file, one process, no platform variables."""
     for name in list(os.environ):
         if name in {"NODE_ENV", "APP_ENV", "MONGODB_URI", "PUBLIC_URL", "HOST", "PORT"}:
             monkeypatch.delenv(name)
     db = tmp_path / "cli.sqlite3"
+    # The single process `serve` was before workers (tests/test_supervisor.py runs those): its
+    # pid is the server, and a port taken under it makes it exit, which `_serving` relies on.
+    monkeypatch.setenv("RELAY_WORKERS", "1")
     monkeypatch.setenv("JWT_SECRET", TEST_JWT_SECRET)
     monkeypatch.setenv("SQLITE_PATH", str(db))
     return db
