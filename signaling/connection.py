@@ -74,8 +74,9 @@ class Fleet:
     """What a connection needs when calls live on several nodes (docs/scaling.md)."""
 
     locator: CallLocator
-    # The fleet's shared secret, shown to the holder's internal listener by a bridge.
-    secret: str
+    # The fleet's shared secret, shown to the holder's internal listener by a bridge (None:
+    # one process, nothing is bridged here or from here).
+    secret: str | None
     # The client session bridges are opened with (the app's, made at start-up).
     http: Callable[[], aiohttp.ClientSession]
 
@@ -397,7 +398,7 @@ class SignalingConnection:
 
     async def _open_bridge(self, node_url: str, room_id: str) -> None:
         """Carry this connection to the node holding the call, starting with its join."""
-        assert self.fleet is not None and self._token is not None
+        assert self.fleet is not None and self.fleet.secret and self._token is not None
         join = json.dumps({"event": "join-room", "data": {"roomId": room_id}})
         try:
             self._bridge = await Bridge.open(

@@ -72,7 +72,7 @@ def setup_signaling(
         service, relay, observer, limits or SignalingLimits(), origins or OriginPolicy(), fleet
     )
     app.router.add_get("/ws", websocket_handler, name="signaling")
-    if fleet is not None:
+    if fleet is not None and fleet.secret is not None:
         app.router.add_get(INTERNAL_WS_PATH, bridged_handler, name="signaling-bridged")
     app.on_shutdown.append(close_connections)
 
@@ -112,7 +112,7 @@ async def bridged_handler(request: web.Request) -> web.WebSocketResponse:
     Only the fleet's secret opens it; the client was checked there (origin, connection rate
     limit) and authenticates here again with its own token."""
     signaling = request.app[SIGNALING_KEY]
-    assert signaling.fleet is not None
+    assert signaling.fleet is not None and signaling.fleet.secret is not None
     shown = request.headers.get(SECRET_HEADER, "").removeprefix("Bearer ")
     if not hmac.compare_digest(shown.encode(), signaling.fleet.secret.encode()):
         raise web.HTTPForbidden(reason="bridged connections need the fleet's secret")

@@ -168,10 +168,12 @@ def create_app(
         observer=metrics,
         limits=signaling_limits(config),
         origins=OriginPolicy.of(config.cors_origins, config.public_url),
-        # One process needs no placement: every call is here (and nothing is bridged).
-        fleet=Fleet(Locator(agent), config.cluster_secret, lambda: app[HTTP_KEY])
-        if config.clustered
-        else None,
+        # One process bridges nothing; placement still refuses new calls while it drains.
+        fleet=Fleet(
+            Locator(agent),
+            config.cluster_secret if config.clustered else None,
+            lambda: app[HTTP_KEY],
+        ),
     )
     if config.clustered:
         internal_routes(app, lambda: fleet, lambda: app[RELAY_KEY], config.cluster_secret)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from api.protocol import HEADER_TIMEOUT, EnvelopeAppRunner
-from smiling_relay.app import DRAIN_KEY
+from smiling_relay.app import DRAIN_KEY, FLEET_KEY
 from smiling_relay.config import Config
 
 log = logging.getLogger(__name__)
@@ -139,24 +139,38 @@ async def start(
     return running
 
 
+# What an admin's drain of this one worker puts in the stop queue (beside the signals' names).
+WORKER_DRAIN = "admin drain"
+
+
 def run(app: web.Application, config: Config) -> None:
-    """Serve until SIGINT or SIGTERM. The first signal stops accepting public connections and
-    runs the app's drain (`DRAIN_KEY`: the calls in progress continue until they end, at most
-    DRAIN_TIMEOUT), then stops; a second signal during the drain stops at once."""
+    """Serve until SIGINT or SIGTERM, then drain (`DRAIN_KEY`: the calls in progress continue
+    until they end, at most DRAIN_TIMEOUT) and stop; a second signal during the drain stops at
+    once.
+
+    A signal drains the whole node: the public port stays open, so `/readyz` tells the load
+    balancer (503) and a participant reconnecting to a call held here still reaches it; new
+    calls are placed on other nodes or refused. An admin's drain of one worker
+    (`POST /api/admin/nodes/{id}/drain`) also stops accepting on the public port, so the
+    kernel's SO_REUSEPORT group sends new connections to the machine's other workers."""
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        signals = asyncio.Queue[signal.Signals]()
+        stops = asyncio.Queue[str]()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, signals.put_nowait, sig)
+            loop.add_signal_handler(sig, stops.put_nowait, sig.name)
+        fleet = app.get(FLEET_KEY)
+        if fleet is not None:
+            fleet.stop = lambda: stops.put_nowait(WORKER_DRAIN)
         running = await start(app, config)
         try:
-            first = await signals.get()
-            await running.stop_accepting()
+            first = await stops.get()
+            if first == WORKER_DRAIN:
+                await running.stop_accepting()
             drain = app.get(DRAIN_KEY)
             if drain is not None:
-                log.info("%s: no new connections; draining (a second signal stops now)", first.name)
-                await _until_either(drain(), signals.get())
+                log.info("%s: draining (a second signal stops now)", first)
+                await _until_either(drain(), stops.get())
         finally:
             log.info("stopping")
             await running.stop()
@@ -164,7 +178,7 @@ def run(app: web.Application, config: Config) -> None:
     asyncio.run(main())
 
 
-async def _until_either(drain: Awaitable[None], second_signal: Awaitable[signal.Signals]) -> None:
+async def _until_either(drain: Awaitable[None], second_signal: Awaitable[str]) -> None:
     """Wait for the drain to finish or a second signal to arrive, cancel the other."""
     tasks = {asyncio.ensure_future(drain), asyncio.ensure_future(second_signal)}
     done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -173,5 +187,5 @@ async def _until_either(drain: Awaitable[None], second_signal: Awaitable[signal.
     await asyncio.gather(*pending, return_exceptions=True)
     for task in done:
         result = task.result()  # a failed drain is logged by the traceback it raises
-        if isinstance(result, signal.Signals):
-            log.warning("%s during the drain: stopping now", result.name)
+        if isinstance(result, str):
+            log.warning("%s during the drain: stopping now", result)

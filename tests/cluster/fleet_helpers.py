@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -19,10 +19,23 @@ from tests.relay.helpers import hears, join_and_publish, sees
 class Call:
     """A two-party call: participant i publishes source id `sources[i]`."""
 
+    session_id: str
     room: str
     tokens: list[str]
     sources: tuple[int, int]
-    clients: list[CallClient]
+    clients: list[CallClient] = field(default_factory=list)
+
+    async def start(self, url: str) -> None:
+        """`POST /api/video-calls/start/{id}`, as the browser client does before it joins: the
+        call is In Progress from then on."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{url}/api/video-calls/start/{self.session_id}",
+                headers={"x-auth-token": self.tokens[0]},
+            ) as response,
+        ):
+            assert response.status == 200, await response.text()
 
     async def join(self, urls: tuple[str, str]) -> None:
         """Both participants join (through `urls[i]`) and publish."""

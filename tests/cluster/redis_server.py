@@ -22,9 +22,11 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process; `kill()` and `start()` again on the same port (data gone)."""
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, host: str = "127.0.0.1"):
         assert REDIS_SERVER is not None
         self.directory = directory
+        # `host` "0.0.0.0": reachable from the tests' other namespaces too
+        self.host = host
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
@@ -34,7 +36,8 @@ class RedisServer:
         self.process = subprocess.Popen(
             [
                 str(REDIS_SERVER),
-                "--bind", "127.0.0.1",
+                "--bind", self.host,
+                "--protected-mode", "no",
                 "--port", str(self.port),
                 "--save", "",
                 "--appendonly", "no",

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from storage.sqlite import SqliteStorage
+from storage.sqlite import SQLiteStorage
 from synth import netns
 from synth.client import CallClient, SignalingError
 from synth.load import LoadOptions, provision_relay
@@ -54,8 +54,9 @@ async def status(url: str) -> int:
 async def test_sigterm_drains_the_call_then_exits(relay: RelayProcess, tmp_path: Path) -> None:
     options = LoadOptions(url=relay.url, calls=2, participants=2, jwt_secret=JWT)
     (session_id, room, tokens), (_, later_room, later_tokens) = await provision_relay(options)
-    call = Call(room, tokens, (1, 2), [])
+    call = Call(session_id, room, tokens, (1, 2))
     try:
+        await call.start(relay.url)
         await call.join((relay.url, relay.url))
         await call.verify_media()
         assert await status(f"{relay.url}/readyz") == 200
@@ -83,7 +84,7 @@ async def test_sigterm_drains_the_call_then_exits(relay: RelayProcess, tmp_path:
     # everyone left: the drain is over
     code = await asyncio.to_thread(relay.process.wait, 15)
     assert code == 0
-    store = SqliteStorage(str(tmp_path / "relay-drain.sqlite3"))
+    store = SQLiteStorage(str(tmp_path / "relay-drain.sqlite3"))
     await store.initialize()
     try:
         session = await store.get_session(session_id)

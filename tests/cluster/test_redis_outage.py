@@ -109,8 +109,8 @@ async def test_a_redis_outage_keeps_live_calls_and_recovers(
 ) -> None:
     options = LoadOptions(url=relay.url, calls=3, participants=2, jwt_secret=JWT)
     live, during, after = await provision_relay(options)
-    call = Call(live[1], live[2], (1, 2), [])
-    later = Call(after[1], after[2], (3, 4), [])
+    call = Call(*live, (1, 2))
+    later = Call(*after, (3, 4))
     try:
         await call.join((relay.url, relay.url))
         await call.verify_media()

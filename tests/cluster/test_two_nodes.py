@@ -11,13 +11,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from tests.cluster.redis_server import RedisServer
 
 from calls.identity import mint_token
 from synth import netns
 from synth.client import CallClient
 from synth.load import LoadOptions, provision_relay
 from synth.servers import RelayProcess, free_port
+from tests.cluster.redis_server import RedisServer
 from tests.cluster.topology import PEER_RANGES, NodeSite, two_node_sites
 from tests.relay.helpers import hears, join_and_publish, sees
 

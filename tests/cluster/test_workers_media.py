@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from calls.identity import mint_token
-from storage.sqlite import SqliteStorage
+from storage.sqlite import SQLiteStorage
 from synth import netns
 from synth.load import LoadOptions, provision_relay
 from synth.servers import RelayProcess
@@ -62,12 +62,10 @@ async def test_calls_spread_over_two_workers_and_survive_a_killed_worker(
     await wait_for_rooms(relay.url, admin, lambda v: len(v) == 2, "two workers in the fleet")
     options = LoadOptions(url=relay.url, calls=CALLS, participants=2, jwt_secret=JWT)
     provisioned = await provision_relay(options)
-    calls = [
-        Call(room, tokens, (2 * i + 1, 2 * i + 2), [])
-        for i, (_session, room, tokens) in enumerate(provisioned)
-    ]
+    calls = [Call(*p, (2 * i + 1, 2 * i + 2)) for i, p in enumerate(provisioned)]
     try:
         for call in calls:
+            await call.start(relay.url)
             await call.join((relay.url, relay.url))
         await asyncio.gather(*(call.verify_media() for call in calls))
         view = await wait_for_rooms(
@@ -100,7 +98,7 @@ async def test_calls_spread_over_two_workers_and_survive_a_killed_worker(
         await asyncio.gather(*(call.verify_media(frames=15) for call in calls))
         assert not alive(pids[victim])
         assert survivors, "the surviving worker held no call"
-        store = SqliteStorage(str(tmp_path / "relay-workers.sqlite3"))
+        store = SQLiteStorage(str(tmp_path / "relay-workers.sqlite3"))
         await store.initialize()
         try:
             for session_id, _room, _tokens in provisioned:
