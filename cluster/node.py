@@ -71,8 +71,8 @@ class NodeAgent:
         last = self._last_beat
         return last is not None and self._clock() - last <= self.settings.node_ttl
 
-    async def locate(self, room_id: str) -> NodeStatus | None:
-        return await self.placement.locate(room_id, self._rooms())
+    async def locate(self, room_id: str, *, unreachable: str | None = None) -> NodeStatus | None:
+        return await self.placement.locate(room_id, self._rooms(), unreachable=unreachable)
 
     async def beat(self) -> None:
         """Announce this node and renew its calls' leases once."""

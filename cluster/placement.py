@@ -27,6 +27,9 @@ class PlacementSettings:
     heartbeat_interval: float = 1.0
     # A node without a heartbeat for this long is stale: skipped, its calls placed anew.
     node_ttl: float = 4.0
+    # A node another one could not reach is taken for dead sooner: when its last heartbeat is
+    # this old (a live node beats every second; a killed worker's port refuses at once).
+    suspect_after: float = 1.5
     # Ramp-up: at most `ramp_calls` new calls placed on one node per `ramp_window` seconds.
     ramp_calls: int = 10
     ramp_window: float = 10.0
@@ -56,12 +59,15 @@ class Placement:
         self.settings = settings or PlacementSettings()
         self._clock = clock
 
-    async def locate(self, room_id: str, local_rooms: Collection[str]) -> NodeStatus | None:
+    async def locate(
+        self, room_id: str, local_rooms: Collection[str], *, unreachable: str | None = None
+    ) -> NodeStatus | None:
         """None: the call is (now) on this node; else the live node that holds it.
 
         A call with participants here is here without asking the state (so reconnecting to a
-        live call works while the state is unreachable). Raises `StateUnavailable` or
-        `NoNodeAvailable`.
+        live call works while the state is unreachable). `unreachable`: the node id that could
+        not be reached just now (its call is placed anew if its heartbeat is late too). Raises
+        `StateUnavailable` or `NoNodeAvailable`.
         """
         if room_id in local_rooms:
             return None
@@ -72,11 +78,13 @@ class Placement:
         holder = await self.state.holder(key)
         if holder is not None:
             node = nodes.get(holder)
-            if node is not None and not (node.draining and room_id not in node.rooms):
+            if node is not None and not self._lost(node, room_id, unreachable):
                 return None if node is me else node
             # A stale holder (crashed), or a draining one that nobody is with any more: the
             # call is placed anew (compare-and-delete: only if that holder still has it).
             await self.state.release(key, holder)
+        if unreachable is not None:
+            nodes.pop(unreachable, None)
         for candidate in self.candidates(nodes.values()):
             budget = await self.state.hit(
                 f"ramp:{candidate.node_id}",
@@ -93,6 +101,14 @@ class Placement:
                 return nodes[owner]
             raise StateUnavailable(f"call {room_id} is held by an unknown node {owner}")
         raise NoNodeAvailable("every node is full or draining")
+
+    def _lost(self, node: NodeStatus, room_id: str, unreachable: str | None) -> bool:
+        """Whether a live holder lost the call: it drains and nobody is with it any more, or
+        it could not be reached and its heartbeat is late."""
+        if node.draining and room_id not in node.rooms:
+            return True
+        late = self._clock() - node.updated_at > self.settings.suspect_after
+        return node.node_id == unreachable and late
 
     def candidates(self, nodes: Collection[NodeStatus]) -> list[NodeStatus]:
         """The nodes a new call may go to (`nodes` are the live ones), least loaded first:

@@ -15,11 +15,14 @@ view of the participant are the same as for a direct connection.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Protocol
 
 import aiohttp
 
 from calls.errors import CallError, ErrorKind
+
+log = logging.getLogger(__name__)
 
 INTERNAL_WS_PATH = "/internal/ws"
 SECRET_HEADER = "Authorization"
@@ -34,9 +37,10 @@ CLOSE_HOLDER_LOST = 1012
 class CallLocator(Protocol):
     """Placement, as signaling sees it (the composition root adapts `cluster`)."""
 
-    async def locate(self, room_id: str) -> str | None:
+    async def locate(self, room_id: str, *, unreachable: str | None = None) -> str | None:
         """None: the call is on this node; else the internal URL of the node holding it.
-        Raises `CallError` (UNAVAILABLE) when the call cannot be placed now."""
+        `unreachable`: a URL it gave that could not be reached just now. Raises `CallError`
+        (UNAVAILABLE) when the call cannot be placed now."""
         ...
 
 
@@ -101,7 +105,8 @@ class Bridge:
                 max_msg_size=max_msg_size,
                 timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
             )
-        except (aiohttp.ClientError, OSError, TimeoutError):
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("bridge to %s failed: %s", node_url, exc)
             raise unreachable(node_url) from None
         try:
             await ws.send_json({"event": "authenticate", "data": {"token": token}})
@@ -112,7 +117,8 @@ class Bridge:
                 await ws.close()
                 raise BridgeRefused(first.data, refusal_close_code(first.data))
             await ws.send_str(join)
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            log.warning("bridge to %s failed during the handshake: %r", node_url, exc)
             await ws.close()
             raise unreachable(node_url) from None
         except BaseException:

@@ -344,17 +344,8 @@ class SignalingConnection:
         assert identity is not None
         if self.participant is not None and not self.participant.closed:
             raise ProtocolError("ALREADY_IN_ROOM", "this connection is already in a room")
-        if self.fleet is not None:
-            node_url = await self.fleet.locator.locate(room_id)
-            if node_url is not None:
-                if self.bridged is not None:  # bridges are never chained
-                    raise ProtocolError(
-                        "SERVICE_UNAVAILABLE",
-                        "this call moved to another server; reconnect to join it",
-                        {"retryAfter": 1},
-                    )
-                await self._open_bridge(node_url, room_id)
-                return
+        if self.fleet is not None and await self._bridged_elsewhere(room_id):
+            return
         origin = Origin(
             ip_address=self.remote,
             user_agent=self.request.headers.get("User-Agent"),
@@ -395,6 +386,29 @@ class SignalingConnection:
                 ],
             },
         )
+
+    async def _bridged_elsewhere(self, room_id: str) -> bool:
+        """Ask placement where the call is; if on another node, bridge there (True)."""
+        assert self.fleet is not None
+        node_url = await self.fleet.locator.locate(room_id)
+        if node_url is None:
+            return False
+        if self.bridged is not None:  # bridges are never chained
+            raise ProtocolError(
+                "SERVICE_UNAVAILABLE",
+                "this call moved to another server; reconnect to join it",
+                {"retryAfter": 1},
+            )
+        try:
+            await self._open_bridge(node_url, room_id)
+        except CallError:
+            # The holder did not answer: maybe it just died. Placement checks its heartbeat
+            # and may place the call anew (here or elsewhere); one more try, then the error.
+            node_url = await self.fleet.locator.locate(room_id, unreachable=node_url)
+            if node_url is None:
+                return False
+            await self._open_bridge(node_url, room_id)
+        return True
 
     async def _open_bridge(self, node_url: str, room_id: str) -> None:
         """Carry this connection to the node holding the call, starting with its join."""

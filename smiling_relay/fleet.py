@@ -50,10 +50,13 @@ class Locator:
 
     def __init__(self, agent: NodeAgent) -> None:
         self.agent = agent
+        # The node ids behind the URLs handed out (a few per node: bounded by the fleet).
+        self._node_ids: dict[str, str] = {}
 
-    async def locate(self, room_id: str) -> str | None:
+    async def locate(self, room_id: str, *, unreachable: str | None = None) -> str | None:
+        suspect = self._node_ids.get(unreachable) if unreachable else None
         try:
-            node = await self.agent.locate(room_id)
+            node = await self.agent.locate(room_id, unreachable=suspect)
         except StateUnavailable:
             raise CallError(
                 ErrorKind.UNAVAILABLE,
@@ -68,7 +71,10 @@ class Locator:
                 "every server is full or shutting down; try again in a minute",
                 {"retryAfter": 30},
             ) from None
-        return None if node is None else node.internal_url
+        if node is None:
+            return None
+        self._node_ids[node.internal_url] = node.node_id
+        return node.internal_url
 
 
 class NodeFleet:

@@ -79,7 +79,13 @@ class RelayProcess:
         )
         settings.update(env or {})
         self.log_path = workdir / f"relay-{tag}.log"
-        argv = [*prefix, *(command or _relay_command()), "--log-level", "WARNING", "serve"]
+        argv = [
+            *prefix,
+            *(command or _relay_command()),
+            "--log-level",
+            os.environ.get("RELAY_LOG_LEVEL", "WARNING"),
+            "serve",
+        ]
         argv += [*(["--host", host] if host else []), "--port", str(port)]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(

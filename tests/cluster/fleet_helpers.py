@@ -11,8 +11,11 @@ from pathlib import Path
 
 import aiohttp
 
-from synth.client import CallClient
+from synth.client import CallClient, SignalingError
 from tests.relay.helpers import hears, join_and_publish, sees
+
+# web/js/call.js RECONNECT_BACKOFF_MS, in seconds
+BROWSER_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
 
 
 @dataclass
@@ -45,6 +48,22 @@ class Call:
         for client, source in zip(self.clients, self.sources, strict=True):
             await client.connect()
             await join_and_publish(client, self.room, source)
+
+    async def rejoin(self, urls: tuple[str, str], give_up_after: float = 20.0) -> None:
+        """Join again as the browser client reconnects: after 0.5, 1, 2, 4 s… while the answer
+        is SERVICE_UNAVAILABLE (the call's worker just died and is not yet known dead)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + give_up_after
+        for backoff in BROWSER_BACKOFF:
+            await asyncio.sleep(backoff)
+            await self.close()
+            try:
+                await self.join(urls)
+                return
+            except SignalingError as exc:
+                if exc.code != "SERVICE_UNAVAILABLE" or loop.time() > deadline:
+                    raise
+        raise AssertionError(f"{self.room}: no rejoin within {give_up_after} s")
 
     async def verify_media(self, frames: int = 10) -> None:
         """Each decodes the other's pictures and hears the other's tone."""
