@@ -152,6 +152,9 @@ class Config:
     def __post_init__(self) -> None:
         if not self.cluster_secret:  # a Config built in code derives it as from_env does
             object.__setattr__(self, "cluster_secret", derive_cluster_secret(self.jwt_secret))
+        if self.internal_port is None and self.redis_url and self.port and self.port <= 65435:
+            # One process in a fleet of machines: the others must be able to bridge to it.
+            object.__setattr__(self, "internal_port", self.port + 100)
 
     @property
     def is_production(self) -> bool:
