@@ -97,6 +97,21 @@ def proc_run_delay_seconds(pid: int) -> float:
     return total / 1e9
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a supervisor and its workers), from /proc."""
+    pids, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        pids.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    todo.extend(int(child) for child in fh.read().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return pids
+
+
 def proc_rss_mb(pid: int) -> float:
     """Resident set size of a process in MiB (NaN once it has gone)."""
     try:
