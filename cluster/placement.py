@@ -85,22 +85,30 @@ class Placement:
             await self.state.release(key, holder)
         if unreachable is not None:
             nodes.pop(unreachable, None)
-        for candidate in self.candidates(nodes.values()):
+        candidates = self.candidates(nodes.values())
+        if not candidates:
+            raise NoNodeAvailable("every node is full or draining")
+        chosen = await self._within_ramp(candidates) or candidates[0]
+        owner = await self.state.acquire(key, chosen.node_id, self.settings.lease_ttl)
+        if owner == me.node_id:
+            return None
+        if owner in nodes:
+            return nodes[owner]
+        raise StateUnavailable(f"call {room_id} is held by an unknown node {owner}")
+
+    async def _within_ramp(self, candidates: list[NodeStatus]) -> NodeStatus | None:
+        """The least-loaded candidate with ramp-up budget left (None: none has; then the
+        least loaded takes the call anyway: the ramp spreads a burst, it refuses nothing)."""
+        for candidate in candidates:
             budget = await self.state.hit(
                 f"ramp:{candidate.node_id}",
                 self.settings.ramp_calls,
                 self.settings.ramp_window,
                 self._clock(),
             )
-            if not budget.allowed:
-                continue
-            owner = await self.state.acquire(key, candidate.node_id, self.settings.lease_ttl)
-            if owner == me.node_id:
-                return None
-            if owner in nodes:
-                return nodes[owner]
-            raise StateUnavailable(f"call {room_id} is held by an unknown node {owner}")
-        raise NoNodeAvailable("every node is full or draining")
+            if budget.allowed:
+                return candidate
+        return None
 
     def _lost(self, node: NodeStatus, room_id: str, unreachable: str | None) -> bool:
         """Whether a live holder lost the call: it drains and nobody is with it any more, or

@@ -110,6 +110,14 @@ async def test_a_fresh_node_is_ramped_up_not_handed_a_burst(
     assert await busy.where("later") == "fresh"
 
 
+async def test_the_ramp_spreads_a_burst_and_refuses_nothing(
+    state: MemoryState, clock: Clock
+) -> None:
+    alone = Node(state, clock, "alone", capacity=100)
+    await alone.agent.beat()
+    assert [await alone.where(f"burst{i}") for i in range(6)] == ["alone"] * 6
+
+
 async def test_a_call_held_here_is_found_without_the_state(
     state: MemoryState, clock: Clock
 ) -> None:
