@@ -79,6 +79,8 @@ class Forwarder:
         self._first_byte = 0x80
         self._needs_rebase = True
         self._needs_keyframe = kind == "video"
+        # Whether the keyframe request of "the sink is ready now" went out (see `forward`).
+        self._asked_when_ready = False
         self._seq_offset = 0
         self._ts_offset = 0
         self._last_seq: int | None = None
@@ -132,6 +134,7 @@ class Forwarder:
         producer.add_forwarder(self)
         self._needs_rebase = True
         self._needs_keyframe = self.kind == "video"
+        self._asked_when_ready = False
         producer.request_keyframe()
 
     def detach(self) -> None:
@@ -155,7 +158,8 @@ class Forwarder:
                 return
             if self._needs_keyframe and not keyframe:
                 if self.producer is not None:
-                    self.producer.request_keyframe()
+                    self.producer.request_keyframe(now_ready=not self._asked_when_ready)
+                    self._asked_when_ready = True
                 return
             self._rebase(seq, timestamp)
         assert sink is not None
@@ -173,6 +177,7 @@ class Forwarder:
         if not sink.send_rtp(packet):
             self._needs_rebase = True  # the connection went away: start again on a keyframe
             self._needs_keyframe = self.kind == "video"
+            self._asked_when_ready = False
             return
         self._history[out_seq % HISTORY_SIZE] = packet
         stats = self.stats

@@ -243,12 +243,15 @@ class Producer:
 
     # -- feedback to the publisher ------------------------------------------------------------
 
-    def request_keyframe(self) -> None:
-        """Ask the publisher for a keyframe, at most once per keyframe interval."""
+    def request_keyframe(self, *, now_ready: bool = False) -> None:
+        """Ask the publisher for a keyframe, at most once per keyframe interval; `now_ready`:
+        a subscriber whose connection just became ready asks at once (the keyframe asked for
+        when it subscribed went by while its DTLS was not done: waiting out the interval would
+        cost it half a second of black picture). Once per subscriber start: no storm."""
         if not self._is_video or self.media_ssrc is None or self.closed:
             return
         now = self._clock()
-        if now - self._last_keyframe_request < self._keyframe_interval:
+        if not now_ready and now - self._last_keyframe_request < self._keyframe_interval:
             return
         self._last_keyframe_request = now
         self.stats.keyframe_requests += 1

@@ -164,6 +164,28 @@ def test_video_waits_for_a_keyframe_and_asks_for_one_meanwhile(
     assert len(upstream.plis()) == 2
 
 
+def test_a_subscriber_ready_after_the_keyframe_went_by_asks_again_at_once(
+    bench: Bench, sink: CaptureSink
+) -> None:
+    """A new subscriber asks for a keyframe when it subscribes; if that keyframe arrives before
+    its DTLS is done, it asks again the moment it is ready, not half a second later."""
+    upstream = Upstream()
+    producer = bench.producer(VP8, upstream=upstream)
+    producer.on_rtp(video(1, VIDEO_STEP), bench.clock())  # the publisher is sending
+    sink.ready = False
+    bench.forwarder(producer, sink)
+    assert len(upstream.plis()) == 1  # asked when it subscribed
+    producer.on_rtp(video(2, 2 * VIDEO_STEP, VP8_KEYFRAME), bench.clock())  # goes by, unsent
+    bench.tick(0.1)
+    sink.ready = True
+    producer.on_rtp(video(3, 3 * VIDEO_STEP), bench.clock())
+    assert len(upstream.plis()) == 2  # at once, within the half-second interval
+    producer.on_rtp(video(4, 4 * VIDEO_STEP), bench.clock())
+    assert len(upstream.plis()) == 2  # and only once: then the interval holds again
+    producer.on_rtp(video(5, 5 * VIDEO_STEP, VP8_KEYFRAME), bench.clock())
+    assert [p.payload for p in sink.take()] == [VP8_KEYFRAME]
+
+
 def test_a_switched_video_source_starts_on_its_keyframe(bench: Bench, sink: CaptureSink) -> None:
     first = bench.producer(VP8)
     forwarder = bench.forwarder(first, sink)
