@@ -79,6 +79,7 @@ async def test_calls_spread_over_two_workers_and_survive_a_killed_worker(
         victim = min(view)  # a worker holding calls
         survivors = [c for c in calls if c.room not in view[victim]]
         killed = [c for c in calls if c.room in view[victim]]
+        started_before = await call_starts(tmp_path, provisioned)
         pids = worker_pids(relay.pid)
         os.kill(pids[victim], signal.SIGKILL)
         killed_at = time.monotonic()
@@ -97,19 +98,28 @@ async def test_calls_spread_over_two_workers_and_survive_a_killed_worker(
         await asyncio.gather(*(call.verify_media(frames=15) for call in calls))
         assert not alive(pids[victim])
         assert survivors, "the surviving worker held no call"
-        store = SQLiteStorage(str(tmp_path / "relay-workers.sqlite3"))
-        await store.initialize()
-        try:
-            for session_id, _room, _tokens in provisioned:
-                session = await store.get_session(session_id)
-                assert session is not None and session.video_call_started is not None
-                assert session.video_call_ended is None, "a call was ended by the kill"
-        finally:
-            await store.close()
+        # one call each, as before: same start, not ended, not started twice
+        assert await call_starts(tmp_path, provisioned) == started_before
         # the supervisor started the killed worker again
         await wait_for_rooms(relay.url, admin, lambda v: victim in v, "the worker restarted", 20)
     finally:
         await asyncio.gather(*(call.close() for call in calls))
+
+
+async def call_starts(tmp_path: Path, provisioned: list) -> dict[str, object]:
+    """Each session's call start, asserting it is In Progress (started, not ended)."""
+    store = SQLiteStorage(str(tmp_path / "relay-workers.sqlite3"))
+    await store.initialize()
+    try:
+        starts: dict[str, object] = {}
+        for session_id, _room, _tokens in provisioned:
+            session = await store.get_session(session_id)
+            assert session is not None and session.video_call_started is not None
+            assert session.video_call_ended is None, "a call was ended by the kill"
+            starts[session_id] = session.video_call_started
+        return starts
+    finally:
+        await store.close()
 
 
 async def wait_until_closed(calls: list[Call], timeout: float) -> None:  # noqa: ASYNC109
