@@ -10,7 +10,6 @@ import signal
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from storage.sqlite import SQLiteStorage
@@ -18,17 +17,9 @@ from synth import netns
 from synth.client import CallClient, SignalingError
 from synth.load import LoadOptions, provision_relay
 from synth.servers import RelayProcess
-from tests.cluster.fleet_helpers import Call
+from tests.cluster.fleet.helpers import Call, status
 
 JWT = secrets.token_urlsafe(32)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def own_netns() -> netns.Netns:
-    reason = netns.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    return netns.enter_process_netns()
 
 
 @pytest.fixture
@@ -44,11 +35,6 @@ def relay(tmp_path: Path, own_netns: netns.Netns) -> Iterator[RelayProcess]:
         yield process
     finally:
         process.stop()
-
-
-async def status(url: str) -> int:
-    async with aiohttp.ClientSession() as http, http.get(url) as response:
-        return response.status
 
 
 async def test_sigterm_drains_the_call_then_exits(relay: RelayProcess, tmp_path: Path) -> None:

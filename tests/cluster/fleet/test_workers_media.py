@@ -19,17 +19,9 @@ from storage.sqlite import SQLiteStorage
 from synth import netns
 from synth.load import LoadOptions, provision_relay
 from synth.servers import RelayProcess
-from tests.cluster.fleet_helpers import Call, alive, wait_for_rooms, worker_pids
+from tests.cluster.fleet.helpers import Call, alive, wait_for_rooms, worker_pids
 
 CALLS = 4
-
-
-@pytest.fixture(scope="module", autouse=True)
-def own_netns() -> netns.Netns:
-    reason = netns.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    return netns.enter_process_netns()
 
 
 JWT = secrets.token_urlsafe(32)

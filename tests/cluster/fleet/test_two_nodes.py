@@ -17,17 +17,9 @@ from synth import netns
 from synth.client import CallClient
 from synth.load import LoadOptions, provision_relay
 from synth.servers import RelayProcess, free_port
+from tests.cluster.fleet.topology import PEER_RANGES, NodeSite, two_node_sites
 from tests.cluster.redis_server import RedisServer
-from tests.cluster.topology import PEER_RANGES, NodeSite, two_node_sites
 from tests.relay.helpers import hears, join_and_publish, sees
-
-
-@pytest.fixture(scope="module", autouse=True)
-def own_netns() -> netns.Netns:
-    reason = netns.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    return netns.enter_process_netns()
 
 
 @pytest.fixture

@@ -78,6 +78,21 @@ class Call:
         self.clients = []
 
 
+async def status(url: str) -> int:
+    async with aiohttp.ClientSession() as http, http.get(url) as response:
+        return response.status
+
+
+async def until_status(url: str, wanted: int, timeout: float) -> None:  # noqa: ASYNC109
+    """Poll `url` (bounded) until it answers `wanted`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (seen := await status(url)) != wanted:
+        if loop.time() > deadline:
+            raise AssertionError(f"{url} answered {seen}, not {wanted}, for {timeout} s")
+        await asyncio.sleep(0.1)
+
+
 async def admin_get(url: str, path: str, admin: str) -> dict:
     async with (
         aiohttp.ClientSession() as http,

@@ -10,26 +10,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from synth import netns
 from synth.client import CallClient, SignalingError
 from synth.load import LoadOptions, provision_relay
 from synth.servers import RelayProcess
-from tests.cluster.fleet_helpers import Call
+from tests.cluster.fleet.helpers import Call, status, until_status
 from tests.cluster.redis_server import RedisServer
 
 JWT = secrets.token_urlsafe(32)
 MAX_GAP = 0.5  # seconds without a new decoded frame that would count as media stopping
-
-
-@pytest.fixture(scope="module", autouse=True)
-def own_netns() -> netns.Netns:
-    reason = netns.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    return netns.enter_process_netns()
 
 
 @pytest.fixture
@@ -60,19 +51,6 @@ def relay(tmp_path: Path, redis: RedisServer, own_netns: netns.Netns) -> Iterato
         yield process
     finally:
         process.stop()
-
-
-async def status(url: str) -> int:
-    async with aiohttp.ClientSession() as http, http.get(url) as response:
-        return response.status
-
-
-async def until_status(url: str, wanted: int, timeout: float) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while (seen := await status(url)) != wanted:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{url} answered {seen}, not {wanted}, for {timeout} s")
-        await asyncio.sleep(0.1)
 
 
 class FrameWatch:
