@@ -20,7 +20,7 @@ from typing import Protocol
 
 import aiohttp
 
-from calls.errors import CallError, ErrorKind
+from calls.errors import CallError, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,7 @@ def refusal_close_code(event: str) -> int:
 
 
 def unreachable(node_url: str) -> CallError:
-    return CallError(
-        ErrorKind.UNAVAILABLE,
-        "SERVICE_UNAVAILABLE",
-        "the server holding this call cannot be reached right now; try again",
-        {"retryAfter": 2},
-    )
+    return unavailable("the server holding this call cannot be reached right now; try again", 2)
 
 
 class Bridge:

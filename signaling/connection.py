@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from calls.audit import Origin
-from calls.errors import CallError, ErrorKind
+from calls.errors import CallError, ErrorKind, unavailable
 from calls.identity import Identity
 from calls.log_context import CALL_ID, CONNECTION_ID
 from calls.service import JOIN_ENDPOINT, CallEnded, CallService, RoomIsFull, Seat
@@ -394,11 +394,7 @@ class SignalingConnection:
         if node_url is None:
             return False
         if self.bridged is not None:  # bridges are never chained
-            raise ProtocolError(
-                "SERVICE_UNAVAILABLE",
-                "this call moved to another server; reconnect to join it",
-                {"retryAfter": 1},
-            )
+            raise unavailable("this call moved to another server; reconnect to join it", 1)
         try:
             await self._open_bridge(node_url, room_id)
         except CallError:
