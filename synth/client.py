@@ -28,6 +28,8 @@ from aiortc import (
     RTCSessionDescription,
 )
 
+from relay._aiortc import transform_received_frames, transform_sent_frames
+from synth.e2ee import E2eeSession
 from synth.measure import StreamCounter, tap_receiver
 from synth.probe import AudioProbe, VideoProbe
 
@@ -52,6 +54,7 @@ class CallClient:
         relay_only: bool = False,
         probe_media: bool = True,
         use_query_token: bool = True,
+        e2ee: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
@@ -75,6 +78,9 @@ class CallClient:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.closed_code: int | None = None
+        # End-to-end encryption as the browser client does it (synth/e2ee.py), when asked.
+        self.want_e2ee = e2ee
+        self.e2ee: E2eeSession | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -91,6 +97,8 @@ class CallClient:
         if message["event"] == "error":
             raise SignalingError(message["data"]["code"], message["data"]["message"])
         self.socket_id = message["data"]["socketId"]
+        if self.want_e2ee:
+            self.e2ee = E2eeSession(self.socket_id or "", lambda d: self.send("e2ee-key", d))
         return dict(message["data"])
 
     async def join(self, room_id: str, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109
@@ -104,8 +112,12 @@ class CallClient:
     async def publish(self, *tracks: MediaStreamTrack, video_codec: str | None = None) -> None:
         """Send `tracks` to the relay on the publisher connection (offer → answer)."""
         pc = self.publisher = RTCPeerConnection(self._configuration)
+        if self.e2ee is not None:
+            video_codec = "VP8"  # the clear prefix of a frame is defined for VP8 and Opus
         for track in tracks:
             transceiver = pc.addTransceiver(track, direction="sendonly")
+            if self.e2ee is not None:
+                transform_sent_frames(transceiver.sender, track.kind, self.e2ee.cipher.encrypt)
             if track.kind == "video" and video_codec:
                 caps = RTCRtpSender.getCapabilities("video").codecs
                 preferred = [
@@ -141,6 +153,8 @@ class CallClient:
         await self._close_peers()
 
     async def close(self) -> None:
+        if self.e2ee is not None:
+            self.e2ee.close()
         await self._close_peers()
         if self._ws is not None:
             await self._ws.close()
@@ -186,6 +200,19 @@ class CallClient:
             await self._answer_subscriber(data["offer"]["sdp"])
         elif event == "tracks":
             self._update_tracks(data["tracks"])
+        if self.e2ee is not None:
+            await self._react_e2ee(self.e2ee, event, data)
+
+    @staticmethod
+    async def _react_e2ee(e2ee: E2eeSession, event: Any, data: dict[str, Any]) -> None:
+        if event == "room-joined":
+            await e2ee.set_peers(data.get("participants", []))
+        elif event == "user-joined":
+            await e2ee.peer_joined(data)
+        elif event == "user-left":
+            await e2ee.peer_left(data.get("socketId", ""))
+        elif event == "e2ee-key":
+            await e2ee.handle(data)
 
     def _update_tracks(self, tracks: list[dict[str, Any]]) -> None:
         self.track_map = {t["mid"]: t for t in tracks}
@@ -211,6 +238,10 @@ class CallClient:
         if transceiver is None or mid is None:
             return
         if mid not in self.stream_counters:
+            if self.e2ee is not None:  # before the receiver starts (its decoder takes frames)
+                transform_received_frames(
+                    transceiver.receiver, track.kind, self.e2ee.cipher.decrypt
+                )
             counter = self.stream_counters[mid] = StreamCounter(track.kind)
             tap_receiver(transceiver.receiver, counter, decode=self.probe_media)
         if not self.probe_media:
