@@ -202,8 +202,9 @@ class SignalingConnection:
 
     def _may_hold_seat(self, identity: Identity) -> bool:
         """Whether the user may hold a seat that a connection over the budget could take back:
-        one on this node, or with a fleet anywhere (the call's node checks it at the join)."""
-        return self.fleet is not None or any(
+        one on this node, or in a fleet anywhere (the call's node checks it at the join)."""
+        clustered = self.fleet is not None and self.fleet.secret is not None
+        return clustered or any(
             self._seat_in(room, identity.user_id) for room in self.relay.rooms.values()
         )
 
