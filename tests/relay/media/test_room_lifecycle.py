@@ -219,7 +219,7 @@ def _drop_udp_from(ports: set[int]) -> None:
 async def test_a_client_that_falls_silent_is_dropped(
     booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
-    relay.settings = dataclasses.replace(relay.settings, silence_timeout=2.0)
+    relay.settings = dataclasses.replace(relay.settings, silence_timeout=2.0, seat_grace=0.0)
     booking, room_id = booked_room
     stayer, vanisher = await connected_pair(
         make_client, room_id, booking.client_token, booking.psychologist_token
@@ -245,6 +245,8 @@ async def test_a_client_that_falls_silent_is_dropped(
 async def test_a_closed_socket_is_told_to_the_others_as_disconnected(
     booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
+    """Without a seat grace (SEAT_GRACE_SECONDS=0); with one, see test_seat_grace.py."""
+    relay.settings = dataclasses.replace(relay.settings, seat_grace=0.0)
     booking, room_id = booked_room
     stayer, leaver = await connected_pair(
         make_client, room_id, booking.client_token, booking.psychologist_token
@@ -264,7 +266,9 @@ async def test_a_media_connection_that_cannot_connect_is_told_as_ice_failed(
     booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
     """A client that offers no usable candidate (relay-only, without a TURN server: what a
-    network blocking UDP leaves): the relay's ICE fails and the others get `ice-failed`."""
+    network blocking UDP leaves): the relay's ICE fails and the others get `ice-failed` (without
+    a seat grace: with one they get `user-reconnecting`, test_seat_grace.py)."""
+    relay.settings = dataclasses.replace(relay.settings, seat_grace=0.0)
     booking, room_id = booked_room
     stayer = await make_client(booking.client_token)
     await join_and_publish(stayer, room_id, source_id=1)
@@ -312,7 +316,7 @@ async def test_a_link_cut_after_connecting_is_told_as_ice_failed(
 ) -> None:
     """aiortc closes the relay's connections (state `closed`, not `failed`) when ICE consent
     lapses: that is a failure, told as `ice-failed` before any silence timeout would fire."""
-    relay.settings = dataclasses.replace(relay.settings, silence_timeout=600.0)
+    relay.settings = dataclasses.replace(relay.settings, silence_timeout=600.0, seat_grace=0.0)
     booking, room_id = booked_room
     stayer, vanisher = await connected_pair(
         make_client, room_id, booking.client_token, booking.psychologist_token
