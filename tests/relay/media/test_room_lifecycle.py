@@ -97,6 +97,7 @@ async def test_reload_replaces_the_old_connection_without_renegotiating(
 async def test_leaving_frees_the_tracks_and_the_last_one_out_closes_the_room(
     booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
+    relay.settings = dataclasses.replace(relay.settings, seat_grace=1.0)
     booking, room_id = booked_room
     stayer, leaver = await connected_pair(
         make_client, room_id, booking.client_token, booking.psychologist_token
@@ -110,7 +111,7 @@ async def test_leaving_frees_the_tracks_and_the_last_one_out_closes_the_room(
     assert {t["socketId"] for t in tracks["data"]["tracks"]} == {None}
     assert relay.active_participants() == 1
 
-    await stayer.close()  # a closed socket counts as leaving
+    await stayer.close()  # a closed socket keeps its seat for the grace, then leaves
     await stayer.wait_until(lambda: room_id not in relay.rooms, "the room to close", timeout=30)
 
 
