@@ -143,6 +143,7 @@ def _own_threads() -> int:
 async def test_churn_leaks_no_rooms_tasks_sockets_or_threads(
     booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
+    relay.settings = dataclasses.replace(relay.settings, seat_grace=0.0)  # closed: gone at once
     booking, room_id = booked_room
 
     async def one_call() -> None:
