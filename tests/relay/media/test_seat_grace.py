@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -19,6 +21,10 @@ from tests.conftest import AppFactory
 from tests.helpers import Booking
 from tests.relay.helpers import connected_pair, join_and_publish, sees
 from tests.relay.media.conftest import ClientMaker
+
+
+def socket_is(socket_id: str | None) -> Callable[[dict[str, Any]], bool]:
+    return lambda data: data.get("socketId") == socket_id
 
 
 def events(client: CallClient, after: int = 0) -> list[str]:
@@ -149,10 +155,9 @@ async def test_reconnects_over_the_connection_budget_rejoin_their_seat(
         await sees(stayer, current, source_id=2, frames=3)
         mark = len(stayer.history)
         for n in range(5):  # connections 2..6 of this user within the minute
+            gone = current.socket_id
             await current.close()
-            await stayer.wait_for(
-                "user-reconnecting", lambda d, s=current.socket_id: d["socketId"] == s, after=mark
-            )
+            await stayer.wait_for("user-reconnecting", socket_is(gone), after=mark)
             current = await connect(booking.psychologist_token)
             await join_and_publish(current, room_id, source_id=10 + n)
         await sees(stayer, current, source_id=14, frames=3)
