@@ -157,7 +157,8 @@ async def test_media_stall_with_ice_still_connected_reconnects(
         reasons = await client.evaluate(
             "window.smilingCall.log.filter((e) => e.event === 'reconnect').map((e) => e.why)"
         )
-        assert reasons == ["no media received"], reasons
+        # the 2 s watch on every byte from the relay fires before the 12 s media-stall watchdog
+        assert reasons == ["nothing received from the relay"], reasons
         await pages.wait_phase(client, "connected")
         await pages.wait_frames_rising(client, 15)
         await pages.wait_frames_rising(psychologist, 15)
