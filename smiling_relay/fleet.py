@@ -41,8 +41,8 @@ DRAIN_PATH = "/internal/drain"
 
 
 def occupied_rooms(relay: Relay) -> list[str]:
-    """The calls this node holds: rooms with someone in them."""
-    return [room_id for room_id, room in relay.rooms.items() if room.participants]
+    """The calls this node holds: rooms with someone in them (or a seat held for someone)."""
+    return [room_id for room_id, room in relay.rooms.items() if room.participants or room.held]
 
 
 class Locator:
