@@ -527,7 +527,7 @@ class SignalingConnection:
         self._put({"close": CLOSE_REPLACED if replaced else CLOSE_ENDED})
 
     def negotiation_failed(self, message: str) -> None:
-        self._send_error("NEGOTIATION_FAILED", message, {"target": "subscriber"})
+        self._send_error("NEGOTIATION_FAILED", message, {"target": "subscriber", "reason": message})
 
     # -- sending ------------------------------------------------------------------------------
 
