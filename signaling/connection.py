@@ -277,7 +277,9 @@ class SignalingConnection:
         if event == "ping":
             self._send("pong", {})
         elif event == "authenticate":
-            raise ProtocolError("VALIDATION_ERROR", "this connection is already authenticated")
+            raise ProtocolError(
+                "VALIDATION_ERROR", "this connection is already authenticated", {"event": event}
+            )
         elif event == "join-room":
             await self._join(
                 protocol.require_str(data, event, "roomId", protocol.MAX_ROOM_ID_CHARS)
@@ -294,7 +296,11 @@ class SignalingConnection:
         if event == "offer":
             protocol.require_target(data, event, "publisher")
             if data.get("target", "publisher") != "publisher":
-                raise ProtocolError("VALIDATION_ERROR", "only the publisher connection is offered")
+                raise ProtocolError(
+                    "VALIDATION_ERROR",
+                    "only the publisher connection is offered",
+                    {"event": event, "field": "target"},
+                )
             sdp = protocol.session_description(data, event, "offer", "offer")
             answer = await participant.handle_publisher_offer(sdp)
             self._send(
@@ -308,7 +314,9 @@ class SignalingConnection:
         elif event == "answer":
             if protocol.require_target(data, event, "subscriber") != "subscriber":
                 raise ProtocolError(
-                    "VALIDATION_ERROR", "only the subscriber connection is answered"
+                    "VALIDATION_ERROR",
+                    "only the subscriber connection is answered",
+                    {"event": event, "field": "target"},
                 )
             sdp = protocol.session_description(data, event, "answer", "answer")
             await participant.handle_subscriber_answer(sdp)
