@@ -399,6 +399,12 @@ class Participant:
                 return
             if attempt == settings.offer_resends:
                 break
+            logger.info(
+                "%s did not answer its subscriber offer in %g s; sending it again",
+                self.socket_id,
+                settings.offer_timeout,
+                extra={"connection_id": self.socket_id},
+            )
             self._spare_answers += 1
             self._send_offer(sdp)
         self.listener.negotiation_failed(
