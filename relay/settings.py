@@ -32,6 +32,10 @@ class RelaySettings:
     # (relay/candidates.py), and how many one peer connection may trickle.
     peer_policy: PeerPolicy = field(default_factory=PeerPolicy)
     max_remote_candidates: int = 50
+    # A subscriber offer the client has not answered after `offer_timeout` seconds is sent
+    # again, `offer_resends` times; then the client is told NEGOTIATION_FAILED.
+    offer_timeout: float = 3.0
+    offer_resends: int = 3
 
     def rtc_configuration(self) -> RTCConfiguration:
         return RTCConfiguration(
