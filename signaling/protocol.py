@@ -35,6 +35,7 @@ SERVER_EVENTS = (
     "authenticated",
     "room-joined",
     "user-joined",
+    "user-reconnecting",
     "user-left",
     "offer",
     "answer",
