@@ -29,6 +29,9 @@ class RelaySettings:
     # (relay/candidates.py), and how many one peer connection may trickle.
     peer_policy: PeerPolicy = field(default_factory=PeerPolicy)
     max_remote_candidates: int = 50
+    # Read the ICE sockets in batches, one readiness event draining each (relay/_aiortc/reader.py);
+    # False keeps asyncio's one-datagram-per-iteration transport (also the automatic fallback).
+    batched_receive: bool = True
 
     def rtc_configuration(self) -> RTCConfiguration:
         return RTCConfiguration(
