@@ -26,8 +26,8 @@ loudly when these internals are not where this module expects them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -87,7 +87,7 @@ class MediaTransport:
         self.on_rtp: RtpHandler | None = None
         self.on_rtcp: RtcpHandler | None = None
         self.last_rtcp_at: float | None = None  # a live client sends RTCP every second or so
-        self._now = asyncio.get_running_loop().time
+        self._now = time.monotonic  # the relay's clock (relay/sfu.py), read once per batch
         self.created_at = self._now()
         self._original_data_received = self._connection.data_received
         self._connection.data_received = self._data_received  # type: ignore[method-assign]
