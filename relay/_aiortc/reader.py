@@ -13,7 +13,8 @@ RTP/RTCP (first byte 128..191) to the media handler, with one arrival time per b
 datagrams of a batch were all in the kernel's queue when it started); anything else (STUN, DTLS)
 to the aioice protocol's own `datagram_received`, so ICE checks, consent and DTLS work unchanged.
 The transport keeps everything else: sending, and closing, whose `_remove_reader(fd)` removes this
-reader before the socket is closed.
+reader before the socket is closed. (Its `resume_reading()` would put asyncio's own reader back;
+nothing calls it on a datagram transport.)
 
 `install` returns False (and changes nothing) when the transport is not asyncio's selector
 datagram transport (uvloop, TURN relays): aioice's path then stays in place.
