@@ -213,7 +213,9 @@ class Participant:
             dtls = _aiortc.dtls_transport_of(pc)
             if dtls is None:
                 return []
-            transport = self._publisher_transport = MediaTransport(dtls, self._media_path_failed)
+            transport = self._publisher_transport = MediaTransport(
+                dtls, self._media_path_failed, batched=self._settings.batched_receive
+            )
             transport.on_rtp = self._route_publisher_rtp
             transport.on_rtcp = self._on_publisher_rtcp
         by_mid = {t.mid: t for t in pc.getTransceivers()}
@@ -459,7 +461,9 @@ class Participant:
             dtls = _aiortc.dtls_transport_of(pc)
             if dtls is None:
                 return
-            transport = self._subscriber_transport = MediaTransport(dtls, self._media_path_failed)
+            transport = self._subscriber_transport = MediaTransport(
+                dtls, self._media_path_failed, batched=self._settings.batched_receive
+            )
             transport.on_rtcp = self._on_subscriber_rtcp
         for slot in self.slots:
             mid = slot.transceiver.mid

@@ -36,6 +36,9 @@ class RelaySettings:
     # again, `offer_resends` times; then the client is told NEGOTIATION_FAILED.
     offer_timeout: float = 3.0
     offer_resends: int = 3
+    # Read the ICE sockets in batches, one readiness event draining each (relay/_aiortc/reader.py);
+    # False keeps asyncio's one-datagram-per-iteration transport (also the automatic fallback).
+    batched_receive: bool = True
 
     def rtc_configuration(self) -> RTCConfiguration:
         return RTCConfiguration(
