@@ -85,7 +85,7 @@ class Placement:
             await self.state.release(key, holder)
         if unreachable is not None:
             nodes.pop(unreachable, None)
-        candidates = self.candidates(nodes.values())
+        candidates = await self._by_load(self.candidates(nodes.values()))
         if not candidates:
             raise NoNodeAvailable("every node is full or draining")
         chosen = await self._within_ramp(candidates) or candidates[0]
@@ -95,6 +95,20 @@ class Placement:
         if owner in nodes:
             return nodes[owner]
         raise StateUnavailable(f"call {room_id} is held by an unknown node {owner}")
+
+    async def _by_load(self, candidates: list[NodeStatus]) -> list[NodeStatus]:
+        """Least loaded first, counting the calls placed on each node in the last ramp window
+        too: a heartbeat is up to a second old, and a burst of joins within it would otherwise
+        all go to the node that looked empty."""
+        now, window = self._clock(), self.settings.ramp_window
+        recent = {
+            n.node_id: (await self.state.count(f"ramp:{n.node_id}", window, now)).count
+            for n in candidates
+        }
+        return sorted(
+            candidates,
+            key=lambda n: ((n.calls + recent[n.node_id]) / n.capacity, n.streams, n.node_id),
+        )
 
     async def _within_ramp(self, candidates: list[NodeStatus]) -> NodeStatus | None:
         """The least-loaded candidate with ramp-up budget left (None: none has; then the

@@ -110,6 +110,16 @@ async def test_a_fresh_node_is_ramped_up_not_handed_a_burst(
     assert await busy.where("later") == "fresh"
 
 
+async def test_a_burst_within_one_heartbeat_spreads_over_the_nodes(
+    state: MemoryState, clock: Clock
+) -> None:
+    a, b = Node(state, clock, "a", capacity=100), Node(state, clock, "b", capacity=100)
+    await a.agent.beat()
+    await b.agent.beat()
+    # no heartbeat in between: both still look empty
+    assert sorted([await a.where(f"burst{i}") for i in range(4)]) == ["a", "a", "b", "b"]
+
+
 async def test_the_ramp_spreads_a_burst_and_refuses_nothing(
     state: MemoryState, clock: Clock
 ) -> None:
