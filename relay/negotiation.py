@@ -131,3 +131,17 @@ def check_supported(section: MediaSection) -> None:
         raise NegotiationError(
             f"{section.codec.name} cannot be forwarded; the relay forwards {', '.join(allowed)}"
         )
+
+
+def check_renegotiation(previous: list[MediaSection], offered: list[MediaSection]) -> None:
+    """A new offer keeps every earlier media section, in its place, with its kind (RFC 3264
+    §8: sections are added at the end, never removed or reordered). aiortc applies an offer
+    that breaks this, then fails to answer it with the connection half-changed."""
+    kept = [(s.mid, s.kind) for s in offered[: len(previous)]]
+    expected = [(s.mid, s.kind) for s in previous]
+    if kept != expected:
+        shown = ", ".join(f"{kind} {mid}" for mid, kind in expected)
+        raise NegotiationError(
+            f"a new offer must keep the earlier media sections in order ({shown}); "
+            "add sections at the end"
+        )

@@ -41,6 +41,7 @@ from relay.negotiation import (
     MID_URI,
     MediaSection,
     NegotiationError,
+    check_renegotiation,
     check_supported,
     parse_sections,
 )
@@ -155,6 +156,7 @@ class Participant:
         self._publisher_transport: MediaTransport | None = None
         self._subscriber_transport: MediaTransport | None = None
         self._routing = _PublisherRouting()
+        self._offered: list[MediaSection] = []  # the sections of the last answered offer
         self._forwarders_by_ssrc: dict[int, Forwarder] = {}
         self._publisher_lock = asyncio.Lock()
         self._pending_subscriptions: list[Producer] = []
@@ -188,6 +190,7 @@ class Participant:
                 raise NegotiationError("the participant has left")
             pc = self._publisher_pc or self._new_connection("publisher")
             self._publisher_pc = pc
+            check_renegotiation(self._offered, offered)
             sdp = self._screen_candidates(pc, "publisher", sdp)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
@@ -200,6 +203,7 @@ class Participant:
             except ValueError as exc:  # an offer aiortc accepted but cannot answer
                 raise NegotiationError(f"the offer cannot be answered: {exc}") from exc
             answer = pc.localDescription.sdp
+            self._offered = offered
             new_producers = self._add_producers(pc, offered, parse_sections(answer))
         if new_producers:
             self._owner.producers_added(self, new_producers)

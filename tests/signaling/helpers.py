@@ -68,19 +68,24 @@ async def ping(ws: Socket) -> None:
     assert answer["event"] == "pong", answer
 
 
-def only_participant(client: Client) -> Participant:
+def participants(client: Client) -> list[Participant]:
     relay: Relay = client.app[RELAY_KEY]
-    participants = [p for room in relay.rooms.values() for p in room.participants.values()]
-    assert len(participants) == 1, participants
-    return participants[0]
+    return [p for room in relay.rooms.values() for p in room.participants.values()]
+
+
+def only_participant(client: Client) -> Participant:
+    seated = participants(client)
+    assert len(seated) == 1, seated
+    return seated[0]
 
 
 def remote_addresses(participant: Participant, target: str = "publisher") -> set[str]:
     """Every address the relay's ICE agent for `target` would send checks to."""
     pc = participant._publisher_pc if target == "publisher" else participant._subscriber_pc
     assert pc is not None
-    transport = pc.getTransceivers()[0].receiver.transport.transport
-    return {c.ip for c in transport.getRemoteCandidates()}
+    # Every transceiver's: an offer that breaks BUNDLE gives each m-line its own ICE agent.
+    transports = {t.receiver.transport.transport for t in pc.getTransceivers()}
+    return {c.ip for transport in transports for c in transport.getRemoteCandidates()}
 
 
 def logged_problems(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -31,8 +32,8 @@ from tests.signaling.helpers import (
     logged_problems,
     offer_without_candidates,
     only_participant,
+    participants,
     publish,
-    receive,
     remote_addresses,
 )
 
@@ -46,10 +47,18 @@ ALLOWED = "127.0.0.0/8"
 
 @dataclass
 class Caller:
-    """A client in a room with a negotiated publisher connection, and its base offer."""
+    """A client in a room with a negotiated publisher connection, and its base offer.
+
+    A fuzzed offer the relay accepts can doom its ICE: `a=end-of-candidates` with no candidate
+    fails at once, a loopback candidate (allowed here) that nothing answers fails ~30 s later.
+    The relay then drops the participant with `CONNECTION_FAILED` and close 4000, as it
+    should, and on a loaded machine that lands in a later example. Such a drop is accepted
+    only when announced that way; the next example starts with a fresh caller (`seated`).
+    """
 
     client: Client
     storage: Storage
+    booking_factory: BookingFactory
     booking: Booking
     ws: Socket
     offer: str
@@ -57,6 +66,30 @@ class Caller:
     @property
     def participant(self) -> Participant:
         return only_participant(self.client)
+
+    async def seated(self) -> None:
+        """If the relay dropped this caller, check it said why, then join a fresh room."""
+        if not self.ws.closed:  # else `check` saw the drop and its notice
+            if participants(self.client):
+                return
+            answers, closed = await until_pong_or_close(self.ws)
+            assert closed and dropped_for_ice(answers), answers
+        self.booking, self.ws = await joined_publisher(
+            self.client, self.storage, self.booking_factory, self.offer
+        )
+
+
+def dropped_for_ice(answers: list[dict[str, Any]]) -> bool:
+    return any(a["event"] == "error" and a["data"]["code"] == "CONNECTION_FAILED" for a in answers)
+
+
+async def joined_publisher(
+    client: Client, storage: Storage, booking_factory: BookingFactory, offer: str
+) -> tuple[Booking, Socket]:
+    booking = await booking_factory()
+    ws = await join(client, booking.client_token, await open_room(storage, booking))
+    await publish(ws, offer)
+    return booking, ws
 
 
 @pytest.fixture
@@ -74,22 +107,26 @@ async def caller(
         ws_messages_per_second=1_000_000.0,
         ws_message_burst=1_000_000,
     )
-    booking = await booking_factory()
-    ws = await join(client, booking.client_token, await open_room(storage, booking))
     offer = await offer_without_candidates()
-    await publish(ws, offer)
-    yield Caller(client, storage, booking, ws, offer)
-    await ws.close()
+    booking, ws = await joined_publisher(client, storage, booking_factory, offer)
+    caller = Caller(client, storage, booking_factory, booking, ws, offer)
+    yield caller
+    await caller.ws.close()
 
 
-async def exchange(caller: Caller, text: str) -> list[dict[str, Any]]:
-    """Send `text`, then a ping; every message before the pong."""
-    await caller.ws.send_str(text)
-    await caller.ws.send_json({"event": "ping", "data": {}})
-    answers = []
-    while (message := await receive(caller.ws))["event"] != "pong":
-        answers.append(message)
-    return answers
+async def until_pong_or_close(ws: Socket) -> tuple[list[dict[str, Any]], bool]:
+    """Every message before the pong (or the close); whether the socket closed."""
+    answers: list[dict[str, Any]] = []
+    while (message := await ws.receive(timeout=10)).type is aiohttp.WSMsgType.TEXT:
+        answer = json.loads(message.data)
+        if answer["event"] == "pong":
+            return answers, False
+        answers.append(answer)
+    assert message.type in CLOSED, message
+    return answers, True
+
+
+CLOSED = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
 
 
 def state_of(participant: Participant) -> tuple[Any, ...]:
@@ -98,20 +135,35 @@ def state_of(participant: Participant) -> tuple[Any, ...]:
 
 
 async def check(caller: Caller, caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
-    """The invariants for one message; the error codes it got."""
+    """The invariants for one message (sent, then a ping); the error codes it got."""
+    await caller.seated()
     caplog.clear()
     session_before = await caller.storage.get_session(caller.booking.session.id)
     state_before = state_of(caller.participant)
-    answers = await exchange(caller, text)
+    await caller.ws.send_str(text)
+    await caller.ws.send_json({"event": "ping", "data": {}})
+    answers, closed = await until_pong_or_close(caller.ws)
     codes = [a["data"]["code"] for a in answers if a["event"] == "error"]
     assert "INTERNAL_ERROR" not in codes, answers
     assert logged_problems(caplog) == []
+    for error in (a for a in answers if a["event"] == "error"):
+        assert set(error["data"]) == {"code", "message", "details"}
+    if closed or dropped_for_ice(answers):  # see `Caller`
+        assert closed and dropped_for_ice(answers), answers
+        return codes
+    if not participants(caller.client):  # dropped just now: `seated` checks the notice
+        return codes
     if codes:
         assert state_of(caller.participant) == state_before, answers
     assert await caller.storage.get_session(caller.booking.session.id) == session_before
-    for error in (a for a in answers if a["event"] == "error"):
-        assert set(error["data"]) == {"code", "message", "details"}
     return codes
+
+
+def check_contacted(caller: Caller) -> None:
+    """The relay would send checks only to allowed (loopback) addresses."""
+    if participants(caller.client):
+        for address in remote_addresses(caller.participant):
+            assert address.startswith("127."), f"the relay would contact {address}"
 
 
 # -- messages ---------------------------------------------------------------------------------
@@ -203,9 +255,8 @@ async def test_any_candidate_is_validated_and_only_allowed_ones_are_contacted(
 ) -> None:
     message = {"event": "ice-candidate", "data": {"target": target, "candidate": candidate}}
     codes = await check(caller, caplog, json.dumps(message))
-    assert set(codes) <= {"VALIDATION_ERROR", "NEGOTIATION_FAILED"}, codes
-    for address in remote_addresses(caller.participant):
-        assert address.startswith("127."), f"the relay would contact {address}"
+    assert set(codes) <= {"VALIDATION_ERROR", "NEGOTIATION_FAILED", "CONNECTION_FAILED"}, codes
+    check_contacted(caller)
 
 
 # -- SDP --------------------------------------------------------------------------------------
@@ -256,6 +307,5 @@ async def test_any_offer_is_answered_or_refused_cleanly(
     kind = {"offer": "offer", "answer": "answer"}[event]
     message = {"event": event, "data": {event: {"type": kind, "sdp": offer}}}
     codes = await check(caller, caplog, json.dumps(message))
-    assert set(codes) <= {"NEGOTIATION_FAILED", "VALIDATION_ERROR"}, codes
-    for address in remote_addresses(caller.participant):
-        assert address.startswith("127."), f"the relay would contact {address}"
+    assert set(codes) <= {"NEGOTIATION_FAILED", "VALIDATION_ERROR", "CONNECTION_FAILED"}, codes
+    check_contacted(caller)

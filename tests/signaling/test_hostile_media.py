@@ -106,6 +106,36 @@ async def test_an_offer_with_a_duplicate_mid_is_refused_and_changes_nothing(
     await ws.close()
 
 
+def without_section(sdp: str, mid: str) -> str:
+    """`sdp` with the media section of `mid` removed, from its m-line to the next one."""
+    head, *sections = sdp.split("\r\nm=")
+    kept = [s for s in sections if f"\r\na=mid:{mid}\r\n" not in s]
+    assert len(kept) == len(sections) - 1
+    return "\r\nm=".join([head, *kept])
+
+
+@pytest.mark.parametrize("change", ["audio section removed", "sections swapped"])
+async def test_a_new_offer_that_drops_or_reorders_sections_is_refused_and_changes_nothing(
+    publishing: Socket, client: Client, caplog: pytest.LogCaptureFixture, change: str
+) -> None:
+    # Found by the fuzzer: aiortc applied such an offer, then failed to answer it
+    # (AttributeError), which reached the client as INTERNAL_ERROR.
+    sdp = await offer_without_candidates()
+    if change == "audio section removed":
+        bad = without_section(sdp, "0")
+    else:
+        bad = sdp.replace("a=mid:0\r\n", "a=mid:X\r\n").replace("a=mid:1\r\n", "a=mid:0\r\n")
+        bad = bad.replace("a=mid:X\r\n", "a=mid:1\r\n").replace("BUNDLE 0 1", "BUNDLE 1 0")
+    before = set(only_participant(client).producers)
+    await publishing.send_json({"event": "offer", "data": {"offer": {"type": "offer", "sdp": bad}}})
+    refusal = await receive(publishing)
+    assert refusal["data"]["code"] == "NEGOTIATION_FAILED", refusal
+    assert "earlier media sections" in refusal["data"]["details"]["reason"]
+    assert logged_problems(caplog) == []
+    assert set(only_participant(client).producers) == before == {"0", "1"}
+    await publish(publishing, sdp)  # the connection still renegotiates a valid offer
+
+
 @pytest.mark.parametrize(
     ("address", "why"),
     [
