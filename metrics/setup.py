@@ -281,13 +281,16 @@ class Metrics:
         """The final summary (`complete`), over the call's checkpoint; counted once."""
         await self.summaries.write_final(summary)
 
-    async def drain(self) -> None:
-        """Summarise calls still open, wait for pending writes, flush error counts."""
+    def finish_open_calls(self) -> None:
+        """Summarise the calls still open at shutdown (stored in the background)."""
         now, wall = self._monotonic(), self._wall()
         for call in self.sampler.calls:
             summary = self.sampler.finish_interrupted(call, now, wall)
             if summary is not None:
                 self._spawn_write(summary)
+
+    async def flush(self) -> None:
+        """Wait for pending writes (bounded), then flush the error counts."""
         if self._writes:
             _done, pending = await asyncio.wait(set(self._writes), timeout=SHUTDOWN_WRITE_TIMEOUT)
             for task in pending:
@@ -300,7 +303,7 @@ class Metrics:
 
     async def context(self, app: web.Application) -> AsyncIterator[None]:
         """A cleanup context: subscribe to the relay's call ends, run the sampler and the error
-        flusher; at shutdown store what is still open. Append it after the relay's."""
+        flusher; at shutdown summarise what is still open. Append it after the relay's."""
         relay = self.relay()
         if relay is not None:
             relay.on_call_closed(self.on_call_closed)
@@ -320,7 +323,14 @@ class Metrics:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await self.drain()
+            self.finish_open_calls()
+
+    async def writes(self, app: web.Application) -> AsyncIterator[None]:
+        """A cleanup context that awaits the pending storage writes at shutdown. Append it
+        before the relay's: the relay's close ends the calls the sampler had not seen yet,
+        and their summaries must be stored before storage closes."""
+        yield
+        await self.flush()
 
 
 async def _logged(write: Coroutine[Any, Any, None], what: str) -> None:
@@ -354,7 +364,8 @@ def _aware(value: datetime) -> datetime:
 
 def setup_metrics(app: web.Application, metrics: Metrics) -> None:
     """Register `/metrics` and the request middleware (outermost, so it sees the final status
-    and the whole handling time). The composition root appends `metrics.context` itself."""
+    and the whole handling time). The composition root appends `metrics.writes` and
+    `metrics.context` itself (around the relay's lifetime)."""
     app[METRICS_KEY] = metrics
     app.middlewares.insert(0, request_metrics_middleware)
     app.router.add_get("/metrics", metrics_handler)

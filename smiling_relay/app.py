@@ -3,8 +3,9 @@
 `create_app` is the only module that imports every layer. It builds the objects from `Config`
 (the call service, the rate limiters, the relay's settings, the metrics), hands each face what it
 needs through the face's own setup function (which sets that face's app keys), and owns the
-lifetimes in `cleanup_ctx`, in this order: storage → relay → metrics (so the relay exists when
-metrics starts and stops after it, and storage outlives both).
+lifetimes in `cleanup_ctx`, in this order: storage → metrics' writes → relay → metrics (so the
+relay exists when metrics starts and stops after it, the summaries of the calls the relay closes
+last are still awaited, and storage outlives them all).
 """
 
 from __future__ import annotations
@@ -184,8 +185,10 @@ def create_app(
     _setup_web_client(app, web_dir or WEB_DIR)
 
     # Started in this order, stopped in reverse: the relay's teardown may still write to
-    # storage, and metrics subscribes to the relay's call ends and stores what is left at stop.
+    # storage, metrics subscribes to the relay's call ends and summarises what is left at
+    # stop, and its pending writes are awaited after the relay has closed the rest.
     app.cleanup_ctx.append(_storage_lifetime(store, owned=storage is None))
+    app.cleanup_ctx.append(metrics.writes)
     app.cleanup_ctx.append(_relay_lifetime(relay_settings(config)))
     app.cleanup_ctx.append(_node_lifetime(agent))
     app.cleanup_ctx.append(metrics.context)

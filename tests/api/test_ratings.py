@@ -234,8 +234,8 @@ async def test_ratings_join_the_calls_quality_summary_and_the_aggregates(
         ("client", 3, ["audio"])
     ]
     metrics = client.app[METRICS_KEY]
-    # The aggregate write runs in the background: drain waits for it.
-    await metrics.drain()
+    # The aggregate write runs in the background: flush waits for it.
+    await metrics.flush()
     hourly = await data_of(
         await client.get(
             "/api/admin/metrics/aggregates?period=hourly", headers=auth_headers(b.admin_token)

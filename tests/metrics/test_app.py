@@ -109,6 +109,7 @@ def make_app(
     app.router.add_get("/api/crash", crash)
     app.router.add_get("/ws", ws_handler)
     setup_metrics(app, metrics)
+    app.cleanup_ctx.append(metrics.writes)
     app.cleanup_ctx.append(metrics.context)
     return app
 

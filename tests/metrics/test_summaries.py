@@ -18,8 +18,12 @@ from metrics.keys import METRICS_KEY
 from metrics.setup import Metrics
 from storage.base import Storage
 from storage.sqlite import SQLiteStorage
+from tests.conftest import MakeClient
+from tests.helpers import BookingFactory
 from tests.metrics.conftest import FakeRelay
 from tests.metrics.test_app import ClientFactory, admin_headers, make_app, metric, wait_for
+from tests.relay.helpers import open_room
+from tests.signaling.helpers import join, logged_problems
 
 INTERVAL = 30.0  # the checkpoint interval of the Metrics driven by hand below
 
@@ -289,3 +293,23 @@ async def test_a_restarted_node_recovers_its_earlier_process(stores: Stores) -> 
     restarted = node(await stores.open(), "host-w0", live={"host-w0"}, later=100)
     assert await restarted.recover() == 1
     assert (await call_doc(store, "room-w0"))["status"] == "cut-short"
+
+
+async def test_a_call_the_sampler_never_saw_is_stored_before_shutdown_returns(
+    make_client: MakeClient,
+    booking_factory: BookingFactory,
+    storage: Storage,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The relay closes the calls still open after metrics has stopped sampling; their
+    summaries are awaited before storage can close (once written after it, and lost)."""
+    client = await make_client(metrics_sample_interval=3600.0)  # one pass, at start-up
+    booking = await booking_factory()
+    room_id = await open_room(storage, booking)
+    ws = await join(client, booking.client_token, room_id)  # seated after that pass
+    assert room_id not in client.app[METRICS_KEY].sampler.calls
+    await ws.close()  # the seat is held for the grace period: the call is still open
+    await client.close()  # the app's shutdown
+    (summary,) = await storage.find_call_metrics({"period": "call", "roomId": room_id})
+    assert summary["endReason"] == "closed", summary
+    assert logged_problems(caplog) == []

@@ -264,8 +264,10 @@ async def test_cheap_calls_in_worker_processes_behind_lossy_link(
     assert (s["calls_ok"], s["streams_flowing"]) == (2, 4), (s, out, err)
     assert s["frames_decoded"] == 0  # nobody decoded
     assert s["video_latency_ms"]["n"] == 0
-    # 5 % each way ≈ 10 % end to end; generous bounds
-    assert 2 < s["video_loss_pct"] < 30, s
+    # 5 % each way. What a subscriber counts lost is mostly its downlink's 5 % (the relay
+    # repairs most uplink losses before forwarding, and late packets are uncounted): ≈ 15 of
+    # the ≈ 300 packets of this short run. Above 1 % (3 packets) is ≈ 3.5 σ below that.
+    assert 1 < s["video_loss_pct"] < 30, s
     # NACK/RTX really recovered packets: on the uplink (the relay asks the publisher) and on the
     # downlink (the relay answers the subscriber from its history), so what stays lost after
     # RTX is well below the raw loss

@@ -181,7 +181,10 @@ async def test_lossy_constrained_subscriber_gets_video_and_the_publisher_slows_d
             "the impaired viewer's track",
         )
         lossy = viewer.video_probe(publisher.socket_id)
-        await decodes_more(lossy, 30, "the impaired viewer")
+        # The leg is up. Until the publisher slows down, its full rate overflows the 300 kbit/s
+        # link and pictures stall for long stretches (seen: 20 s on a loaded machine): only a
+        # few are asked for here; watchable video is asked for once the rate has adapted.
+        await decodes_more(lossy, 5, "the impaired viewer", stall=40)
 
         lossy_leg = next(
             f.forwarder
