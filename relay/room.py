@@ -70,7 +70,7 @@ class Room:
         self.opened_at_wall = time.time()
         self.closed = False
         self._ever_joined: set[str] = set()
-        self._setup_times: list[float] = []
+        self._setup_times: dict[str, float] = {}  # by user: their first connection's
         self._final_samples: list[StreamSample] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._rtcp_task = asyncio.create_task(self._rtcp_loop())
@@ -104,7 +104,7 @@ class Room:
             participant.rejoined_from = held.participant.socket_id
         others = list(self.participants.values())
         self.participants[info.socket_id] = participant
-        self._ever_joined.add(info.socket_id)
+        self._ever_joined.add(info.user_id)
         self._stats.participants_joined += 1
         for other in others:
             other.listener.user_joined(participant)
@@ -178,8 +178,9 @@ class Room:
     def _remember(self, participant: Participant) -> None:
         """Keep what a leaving participant's streams counted, for the end-of-call summary."""
         self._final_samples.extend(self._samples_of(participant))
-        if participant.first_media_at is not None:
-            self._setup_times.append(participant.first_media_at - participant.joined_at)
+        if participant.first_media_at is not None:  # a reconnect's setup is not a new person's
+            setup = participant.first_media_at - participant.joined_at
+            self._setup_times.setdefault(participant.info.user_id, setup)
 
     def producers_added(self, participant: Participant, producers: list[Producer]) -> None:
         for other in self.participants.values():
@@ -223,7 +224,7 @@ class Room:
 
     @property
     def setup_times(self) -> tuple[float, ...]:
-        return tuple(self._setup_times)
+        return tuple(self._setup_times.values())
 
     @property
     def final_samples(self) -> tuple[StreamSample, ...]:

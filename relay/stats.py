@@ -132,6 +132,6 @@ class CallClosed:
     call: str
     opened_at_wall: float  # time.time() when the first participant joined
     closed_at_wall: float
-    participants: int  # distinct participants that ever joined
-    setup_times: tuple[float, ...]  # join → first media, seconds, per participant that got media
+    participants: int  # distinct people (user ids) that ever joined: a reconnect is not one more
+    setup_times: tuple[float, ...]  # join → first media, seconds, per person that got media
     samples: tuple[StreamSample, ...]  # final counters of every stream the call had

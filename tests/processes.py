@@ -37,30 +37,17 @@ def healthz(port: int) -> bool:
 
 def free_ports(count: int) -> int:
     """The first of `count` consecutive TCP ports free on loopback right now."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = int(probe.getsockname()[1])
-        if first + count > 65535:
-            continue
-        sockets = []
-        try:
-            for port in range(first, first + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return first
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise AssertionError("no run of free ports found")
+    return _free_run(count, socket.SOCK_STREAM, "127.0.0.1")
 
 
 def free_udp_range(count: int) -> int:
+    """The first of `count` consecutive UDP ports free on every address right now."""
+    return _free_run(count, socket.SOCK_DGRAM, "0.0.0.0")
+
+
+def _free_run(count: int, kind: socket.SocketKind, host: str) -> int:
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        with socket.socket(socket.AF_INET, kind) as probe:
             probe.bind(("127.0.0.1", 0))
             first = int(probe.getsockname()[1])
         if not 1024 <= first <= 65535 - count:
@@ -68,16 +55,16 @@ def free_udp_range(count: int) -> int:
         sockets = []
         try:
             for port in range(first, first + count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s = socket.socket(socket.AF_INET, kind)
                 sockets.append(s)
-                s.bind(("0.0.0.0", port))
+                s.bind((host, port))
             return first
         except OSError:
             continue
         finally:
             for s in sockets:
                 s.close()
-    raise AssertionError("no free UDP range found")
+    raise AssertionError(f"no run of {count} free ports found")
 
 
 def alive(pid: int) -> bool:

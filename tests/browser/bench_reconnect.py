@@ -19,7 +19,7 @@ import pytest
 from synth.impair import ClientNamespace, Impairment
 from tests.browser import pages
 from tests.browser.conftest import Browsers, Server
-from tests.browser.test_reconnect import PEER_EVENTS, cut, need_nft, restore
+from tests.browser.test_reconnect import PEER_EVENTS, cut, need_nft, restore, start_call
 from tests.helpers import BookingFactory
 
 if TYPE_CHECKING:
@@ -56,16 +56,8 @@ async def test_outage_to_media(
     outage: float, browsers: Browsers, server: Server, booking_factory: BookingFactory
 ) -> None:
     need_nft()
-    booking = await booking_factory()
     with ClientNamespace(Impairment()) as namespace:
-        client = await browsers.page("client", camera="red", netns_name=namespace.name)
-        psychologist = await browsers.page("psychologist", camera="blue")
-        await psychologist.goto(
-            pages.call_url(server.base_url, booking.session.id, booking.psychologist_token)
-        )
-        await client.goto(pages.call_url(server.base_url, booking.session.id, booking.client_token))
-        await pages.wait_remote_colours(client, ["blue"])
-        await pages.wait_remote_colours(psychologist, ["red"])
+        client, psychologist = await start_call(browsers, server, booking_factory, namespace.name)
         cut(namespace.name)
         cut_at = time.monotonic()
         try:

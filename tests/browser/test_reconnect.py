@@ -84,11 +84,15 @@ def unblock() -> None:
 
 
 async def start_call(
-    browsers: Browsers, server: Server, booking_factory: BookingFactory
+    browsers: Browsers,
+    server: Server,
+    booking_factory: BookingFactory,
+    netns_name: str | None = None,
 ) -> tuple[Page, Page]:
+    """A call of two pages decoding each other (the client's Chromium in `netns_name`)."""
     booking = await booking_factory()
     # each camera shows its own colour: the pictures say who sent them
-    client = await browsers.page("client", camera="red")
+    client = await browsers.page("client", camera="red", netns_name=netns_name)
     psychologist = await browsers.page("psychologist", camera="blue")
     await psychologist.goto(
         pages.call_url(server.base_url, booking.session.id, booking.psychologist_token)
@@ -205,18 +209,8 @@ async def test_a_five_second_outage_resumes_media_both_ways_without_a_left(
     of the link's return (this test allows the bounded waits some slack on a loaded machine:
     the figure is scripts/bench_reconnect's)."""
     need_nft()
-    booking = await booking_factory()
     with ClientNamespace(Impairment()) as namespace:
-        client = await browsers.page("client", camera="red", netns_name=namespace.name)
-        psychologist = await browsers.page("psychologist", camera="blue")
-        await psychologist.goto(
-            pages.call_url(server.base_url, booking.session.id, booking.psychologist_token)
-        )
-        await client.goto(pages.call_url(server.base_url, booking.session.id, booking.client_token))
-        await pages.wait_phase(client, "connected")
-        await pages.wait_remote_count(client, 1)
-        await pages.wait_remote_colours(client, ["blue"])
-        await pages.wait_remote_colours(psychologist, ["red"])
+        client, psychologist = await start_call(browsers, server, booking_factory, namespace.name)
 
         cut(namespace.name)
         cut_at = time.monotonic()

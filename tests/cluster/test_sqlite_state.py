@@ -5,7 +5,9 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,14 +21,19 @@ STARTING = 4
 FRESH_FILES = 100
 
 
-def test_two_processes_racing_for_a_lease_get_exactly_one_winner(tmp_path: Path) -> None:
-    path = str(tmp_path / "cluster.db")
+def run_together(
+    target: Callable[..., None],
+    owners: Sequence[str],
+    args_of: Callable[[str], tuple[Any, ...]],
+    what: str,
+) -> list[Any]:
+    """Run `target(*args_of(owner), barrier, send)` in one spawned process per owner, released
+    together by the barrier; what each sent, in the owners' order. All must exit 0."""
     ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    owners = ("worker-1", "worker-2")
+    barrier = ctx.Barrier(len(owners))
     pipes = [ctx.Pipe(duplex=False) for _ in owners]
     procs = [
-        ctx.Process(target=race, args=(path, owner, ROUNDS, barrier, send))
+        ctx.Process(target=target, args=(*args_of(owner), barrier, send))
         for owner, (_, send) in zip(owners, pipes, strict=True)
     ]
     for proc in procs:
@@ -34,14 +41,21 @@ def test_two_processes_racing_for_a_lease_get_exactly_one_winner(tmp_path: Path)
     try:
         results = []
         for receive, _ in pipes:
-            assert receive.poll(60), "a racing process sent no result within 60 s"
+            assert receive.poll(60), f"a {what} process sent no result within 60 s"
             results.append(receive.recv())
     finally:
         for proc in procs:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
-    assert [proc.exitcode for proc in procs] == [0, 0]
+    assert [proc.exitcode for proc in procs] == [0] * len(owners)
+    return results
+
+
+def test_two_processes_racing_for_a_lease_get_exactly_one_winner(tmp_path: Path) -> None:
+    path = str(tmp_path / "cluster.db")
+    owners = ("worker-1", "worker-2")
+    results = run_together(race, owners, lambda owner: (path, owner, ROUNDS), "racing")
     first, second = results
     assert len(first) == len(second) == ROUNDS
     # each round: both saw the same holder, one of them, and so exactly one won
@@ -59,26 +73,8 @@ def test_two_processes_racing_for_a_lease_get_exactly_one_winner(tmp_path: Path)
 def test_workers_starting_together_on_a_fresh_file_all_get_an_answer(tmp_path: Path) -> None:
     # the first use creates the tables and switches the file to WAL, in every process at once
     paths = [str(tmp_path / f"fresh-{i}.db") for i in range(FRESH_FILES)]
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(STARTING)
     owners = [f"worker-{i}" for i in range(STARTING)]
-    pipes = [ctx.Pipe(duplex=False) for _ in owners]
-    procs = [
-        ctx.Process(target=first_use, args=(paths, owner, barrier, send))
-        for owner, (_, send) in zip(owners, pipes, strict=True)
-    ]
-    for proc in procs:
-        proc.start()
-    try:
-        answers = []
-        for receive, _ in pipes:
-            assert receive.poll(60), "a starting process sent no result within 60 s"
-            answers.append(receive.recv())
-    finally:
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
+    answers = run_together(first_use, owners, lambda owner: (paths, owner), "starting")
     for i in range(FRESH_FILES):
         holders = {answer[i] for answer in answers}
         assert len(holders) == 1 and holders <= set(owners), (paths[i], holders)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,11 @@ from pathlib import Path
 import aiohttp
 
 from synth.client import CallClient, SignalingError
+from synth.servers import RelayProcess
 from tests.relay.helpers import hears, join_and_publish, sees
+
+JWT = secrets.token_urlsafe(32)  # the secret of every relay these tests start
+MakeRelay = Callable[[str, dict[str, str]], RelayProcess]  # the `make_relay` fixture
 
 # web/js/call.js RECONNECT_BACKOFF_MS, in seconds
 BROWSER_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)

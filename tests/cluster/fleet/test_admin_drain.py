@@ -5,34 +5,18 @@ the other one keeps serving the public port: a graceful worker restart."""
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import Iterator
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from calls.identity import mint_token
-from synth import netns
 from synth.servers import RelayProcess
-from tests.cluster.fleet.helpers import alive, status, wait_for_rooms, worker_pids
-
-JWT = secrets.token_urlsafe(32)
+from tests.cluster.fleet.helpers import JWT, MakeRelay, alive, status, wait_for_rooms, worker_pids
 
 
 @pytest.fixture
-def relay(tmp_path: Path, own_netns: netns.Netns) -> Iterator[RelayProcess]:
-    process = RelayProcess(
-        tmp_path,
-        "admin-drain",
-        jwt_secret=JWT,
-        url_host=own_netns.addresses[0],
-        env={"RELAY_WORKERS": "2", "RELAY_UDP_PORTS": "43200-43299"},
-    )
-    try:
-        yield process
-    finally:
-        process.stop()
+def relay(make_relay: MakeRelay) -> RelayProcess:
+    return make_relay("admin-drain", {"RELAY_WORKERS": "2", "RELAY_UDP_PORTS": "43200-43299"})
 
 
 async def test_an_admin_drains_one_worker_which_is_started_afresh(relay: RelayProcess) -> None:

@@ -5,36 +5,21 @@ with a reason (no record left In Progress)."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from storage.sqlite import SQLiteStorage
-from synth import netns
 from synth.client import CallClient, SignalingError
 from synth.load import LoadOptions, provision_relay
 from synth.servers import RelayProcess
-from tests.cluster.fleet.helpers import Call, status
-
-JWT = secrets.token_urlsafe(32)
+from tests.cluster.fleet.helpers import JWT, Call, MakeRelay, status
 
 
 @pytest.fixture
-def relay(tmp_path: Path, own_netns: netns.Netns) -> Iterator[RelayProcess]:
-    process = RelayProcess(
-        tmp_path,
-        "drain",
-        jwt_secret=JWT,
-        url_host=own_netns.addresses[0],
-        env={"RELAY_WORKERS": "1", "RELAY_ALLOWED_PEER_RANGES": "10.77.0.0/24"},
-    )
-    try:
-        yield process
-    finally:
-        process.stop()
+def relay(make_relay: MakeRelay) -> RelayProcess:
+    return make_relay("drain", {"RELAY_WORKERS": "1", "RELAY_ALLOWED_PEER_RANGES": "10.77.0.0/24"})
 
 
 async def test_sigterm_drains_the_call_then_exits(relay: RelayProcess, tmp_path: Path) -> None:

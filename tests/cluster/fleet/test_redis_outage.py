@@ -5,7 +5,6 @@ persistence): the live call's media never stops, `/readyz` says the node is unre
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +15,9 @@ from synth import netns
 from synth.client import CallClient, SignalingError
 from synth.load import LoadOptions, provision_relay
 from synth.servers import RelayProcess
-from tests.cluster.fleet.helpers import Call, status, until_status
+from tests.cluster.fleet.helpers import JWT, Call, MakeRelay, status, until_status
 from tests.cluster.redis_server import RedisServer
 
-JWT = secrets.token_urlsafe(32)
 MAX_GAP = 0.5  # seconds without a new decoded frame that would count as media stopping
 
 
@@ -35,22 +33,15 @@ def redis(tmp_path: Path, own_netns: netns.Netns) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def relay(tmp_path: Path, redis: RedisServer, own_netns: netns.Netns) -> Iterator[RelayProcess]:
-    process = RelayProcess(
-        tmp_path,
+def relay(make_relay: MakeRelay, redis: RedisServer) -> RelayProcess:
+    return make_relay(
         "outage",
-        jwt_secret=JWT,
-        url_host=own_netns.addresses[0],
-        env={
+        {
             "RELAY_WORKERS": "1",
             "REDIS_URL": redis.url,
             "RELAY_ALLOWED_PEER_RANGES": "10.77.0.0/24",
         },
     )
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 class FrameWatch:

@@ -6,45 +6,32 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from calls.identity import mint_token
 from storage.sqlite import SQLiteStorage
-from synth import netns
 from synth.load import LoadOptions, provision_relay
 from synth.servers import RelayProcess
-from tests.cluster.fleet.helpers import Call, alive, wait_for_rooms, worker_pids
+from tests.cluster.fleet.helpers import JWT, Call, MakeRelay, alive, wait_for_rooms, worker_pids
 
 CALLS = 4
 
 
-JWT = secrets.token_urlsafe(32)
-
-
 @pytest.fixture
-def relay(tmp_path: Path, own_netns: netns.Netns) -> Iterator[RelayProcess]:
-    process = RelayProcess(
-        tmp_path,
+def relay(make_relay: MakeRelay) -> RelayProcess:
+    return make_relay(
         "workers",
-        jwt_secret=JWT,
-        url_host=own_netns.addresses[0],
-        env={
+        {
             "RELAY_WORKERS": "2",
             "RELAY_UDP_PORTS": "43000-43199",
             "RELAY_ALLOWED_PEER_RANGES": "10.77.0.0/24",
             "RATE_LIMIT_WS_PER_MIN": "3",  # the real limit: rejoining must stay within it
         },
     )
-    try:
-        yield process
-    finally:
-        process.stop()
 
 
 async def test_calls_spread_over_two_workers_and_survive_a_killed_worker(

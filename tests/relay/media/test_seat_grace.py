@@ -15,6 +15,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from relay.sfu import Relay
+from relay.stats import CallClosed
 from synth.client import CallClient, SignalingError
 from synth.tracks import PatternVideoTrack, ToneAudioTrack
 from tests.conftest import AppFactory
@@ -66,6 +67,16 @@ async def test_a_dropped_participant_keeps_its_seat_and_takes_it_back(
     assert "user-left" not in events(stayer, mark)
     assert not room.held and relay.rooms[room_id] is room
     assert relay.active_participants() == 2
+
+    # one call of two people, however many connections it took
+    closed: list[CallClosed] = []
+    relay.on_call_closed(closed.append)
+    await back.leave()
+    await stayer.leave()
+    await stayer.wait_until(lambda: bool(closed), "the call to close")
+    (call,) = closed
+    assert call.call == room_id and call.participants == 2
+    assert len(call.setup_times) == 2
 
 
 async def test_a_held_seat_expires_as_user_left_timeout(
