@@ -436,15 +436,7 @@ class CallService:
             )
         decision = evaluate_access(session, identity, now)
         if not decision.can_join:
-            outsider = decision.http_status == 403
-            code = PERMISSION_DENIED if outsider else decision.reason
-            await self._audit_join(DENIED, origin, identity, session.id, room_id, now, code)
-            details: dict[str, Any] = {"reason": decision.reason, "sessionId": session.id}
-            if decision.minutes_until_session is not None:
-                details["minutesUntilSession"] = decision.minutes_until_session
-            raise CallError(
-                ErrorKind.FORBIDDEN, code or PERMISSION_DENIED, decision.message, details
-            )
+            raise await self._refuse_join(decision, origin, identity, session.id, room_id, now)
         user = await self.storage.get_user(identity.user_id)
         taker = Seat(
             session_id=session.id,
@@ -459,8 +451,33 @@ class CallService:
             raise CallError(
                 ErrorKind.CONFLICT, ROOM_FULL, exc.message, {"maxParticipants": exc.limit}
             ) from None
+        # The call may have ended while we were seating: then the relay closed the room before
+        # we sat down (in a fresh one), and nobody will end that. The end is written before the
+        # relay closes the room, so either this read sees it or the close sees our seat. The
+        # face gives the seat back on this refusal.
+        recheck = evaluate_access(await self.storage.get_session(session.id), identity, now)
+        if not recheck.can_join:
+            raise await self._refuse_join(recheck, origin, identity, session.id, room_id, now)
         await self._audit_join(ALLOWED, origin, identity, session.id, room_id, now, None)
         return Joined(session.id, seated)
+
+    async def _refuse_join(
+        self,
+        decision: AccessDecision,
+        origin: Origin,
+        identity: Identity,
+        session_id: str,
+        room_id: str,
+        now: datetime,
+    ) -> CallError:
+        """Audit a refused join; the error to raise (the policy's reason, or an outsider's)."""
+        outsider = decision.http_status == 403
+        code = PERMISSION_DENIED if outsider else decision.reason
+        await self._audit_join(DENIED, origin, identity, session_id, room_id, now, code)
+        details: dict[str, Any] = {"reason": decision.reason, "sessionId": session_id}
+        if decision.minutes_until_session is not None:
+            details["minutesUntilSession"] = decision.minutes_until_session
+        return CallError(ErrorKind.FORBIDDEN, code or PERMISSION_DENIED, decision.message, details)
 
     # -- the server's own decisions ------------------------------------------------------
 

@@ -257,3 +257,26 @@ def test_the_domain_loads_without_http_or_media() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_call_ended_while_the_joiner_was_seating_refuses_the_join(
+    service: CallService, booking_factory: BookingFactory, storage: Storage, clock: FakeClock
+) -> None:
+    """The race: the join passed the policy, then the call ended before its seat was taken
+    (the relay closed the room; the seat would open a fresh one that nobody ends)."""
+    b = await booking_factory(starts_in=timedelta(minutes=-1))
+    await storage.set_meeting_link(b.session.id, "room-race")
+    psychologist = Identity(b.psychologist.id, "psychologist")
+    await service.start(await service.authorize(psychologist, b.session.id, REST))
+    seated: list[Seat] = []
+
+    async def seat_while_the_call_ends(taker: Seat) -> str:
+        await service.end(await service.authorize(psychologist, b.session.id, REST), lambda: None)
+        seated.append(taker)
+        return "seated"
+
+    with pytest.raises(CallError) as refused:
+        await service.join_room(client_of(b), "room-race", WS, seat_while_the_call_ends)
+    assert (refused.value.kind, refused.value.code) == (ErrorKind.FORBIDDEN, "SESSION_COMPLETED")
+    assert len(seated) == 1  # the face was seated, and gives the seat back on this error
+    assert (await audit_of(storage, b))[-1] == ("join_denied", "denied", "SESSION_COMPLETED")
