@@ -161,8 +161,12 @@ async def test_media_stall_with_ice_still_connected_reconnects(
         reasons = await client.evaluate(
             "window.smilingCall.log.filter((e) => e.event === 'reconnect').map((e) => e.why)"
         )
-        # the 2 s watch on every byte from the relay fires before the 12 s media-stall watchdog
-        assert reasons == ["nothing received from the relay"], reasons
+        # One reconnect, by one of the two watches: the 2 s watch on every byte from the relay
+        # usually, but the STUN let through (the relay's consent checks and the answers to the
+        # page's own, each every few seconds) can keep resetting it, and then the 12 s
+        # media-stall watchdog fires (seen once in a full-suite run).
+        assert len(reasons) == 1, reasons
+        assert reasons[0] in ("nothing received from the relay", "no media received"), reasons
         await pages.wait_phase(client, "connected")
         await pages.wait_frames_rising(client, 15)
         await pages.wait_frames_rising(psychologist, 15)
