@@ -191,17 +191,26 @@ def cut(namespace: str) -> None:
         "  chain in { type filter hook input priority 0; policy drop; }\n"
         "}\n"
     )
+    netns_nft(namespace, rules)
+
+
+def netns_nft(namespace: str, rules: str) -> None:
+    """Load nftables `rules` inside `namespace`."""
     subprocess.run(
         ["ip", "netns", "exec", namespace, "nft", "-f", "-"],
         input=rules, text=True, check=True, capture_output=True,
     )  # fmt: skip
 
 
-def restore(namespace: str) -> None:
+def netns_drop_table(namespace: str, table: str) -> None:
     subprocess.run(
-        ["ip", "netns", "exec", namespace, "nft", "delete", "table", "inet", "cut"],
+        ["ip", "netns", "exec", namespace, "nft", "delete", "table", "inet", table],
         capture_output=True,
     )  # fmt: skip
+
+
+def restore(namespace: str) -> None:
+    netns_drop_table(namespace, "cut")
 
 
 async def test_a_five_second_outage_resumes_media_both_ways_without_a_left(
@@ -253,17 +262,11 @@ def drop_signaling_replies(namespace: str, port: int) -> None:
         f"tcp sport {port} drop; }}\n"
         "}\n"
     )
-    subprocess.run(
-        ["ip", "netns", "exec", namespace, "nft", "-f", "-"],
-        input=rules, text=True, check=True, capture_output=True,
-    )  # fmt: skip
+    netns_nft(namespace, rules)
 
 
 def undrop_signaling_replies(namespace: str) -> None:
-    subprocess.run(
-        ["ip", "netns", "exec", namespace, "nft", "delete", "table", "inet", "mute"],
-        capture_output=True,
-    )  # fmt: skip
+    netns_drop_table(namespace, "mute")
 
 
 async def test_a_stalled_websocket_while_the_media_arrives_is_no_dead_link(
