@@ -224,6 +224,14 @@ class Producer:
             self.stats.estimate_bps = update[0]
             self.update_bandwidth()
 
+    def restart_estimate(self) -> None:
+        """Start the uplink estimate afresh (audio first's probe, relay/adaptation.py): the old
+        estimator's rate control would climb from the value it had when the video paused."""
+        if self._estimator is not None:
+            self._estimator = RemoteBitrateEstimator()
+        self._frame_bytes = 0
+        self.stats.estimate_bps = None
+
     # -- forwarders ---------------------------------------------------------------------------
 
     @property

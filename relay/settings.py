@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer
 
+from relay.adaptation import GateSettings
 from relay.candidates import PeerPolicy
 
 
@@ -29,6 +30,9 @@ class RelaySettings:
     # (relay/candidates.py), and how many one peer connection may trickle.
     peer_policy: PeerPolicy = field(default_factory=PeerPolicy)
     max_remote_candidates: int = 50
+    # Audio first (relay/adaptation.py): pause video on a link whose estimate is too low for it.
+    audio_first: bool = True
+    video_gate: GateSettings = field(default_factory=GateSettings)
 
     def rtc_configuration(self) -> RTCConfiguration:
         return RTCConfiguration(

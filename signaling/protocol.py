@@ -39,6 +39,8 @@ SERVER_EVENTS = (
     "ice-candidate",
     "tracks",
     "media-state",
+    "video-paused",
+    "video-resumed",
     "room-left",
     "call-ended",
     "pong",
@@ -223,6 +225,16 @@ def participant_json(participant: Participant) -> dict[str, Any]:
         "userRole": info.role,
         "joinedAt": iso_timestamp(participant.joined_at_wall),
         "media": media_state_json(participant.media),
+    }
+
+
+def video_changed_json(subject: Participant, direction: str, reason: str) -> dict[str, Any]:
+    """`video-paused` / `video-resumed` (audio first): whose link, which way, why."""
+    return {
+        "socketId": subject.socket_id,
+        "userId": subject.info.user_id,
+        "direction": direction,
+        "reason": reason,
     }
 
 

@@ -75,6 +75,8 @@ class CallClient:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.closed_code: int | None = None
+        # Audio first: the relay asked this client to stop sending video (sender → its track).
+        self.video_held: dict[RTCRtpSender, MediaStreamTrack] = {}
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -186,6 +188,24 @@ class CallClient:
             await self._answer_subscriber(data["offer"]["sdp"])
         elif event == "tracks":
             self._update_tracks(data["tracks"])
+        elif event in ("video-paused", "video-resumed") and _asks_me(data, self.socket_id):
+            self._send_video(event == "video-resumed")
+
+    def _send_video(self, on: bool) -> None:
+        """Audio first, uplink: stop sending video (the track stays; nothing is encoded) or
+        send it again, as the relay asks (docs/signaling.md, `video-paused`)."""
+        if self.publisher is None:
+            return
+        if on:
+            for sender, track in self.video_held.items():
+                sender.replaceTrack(track)
+            self.video_held.clear()
+            return
+        for sender in self.publisher.getSenders():
+            track = sender.track
+            if track is not None and track.kind == "video":
+                self.video_held[sender] = track
+                sender.replaceTrack(None)
 
     def _update_tracks(self, tracks: list[dict[str, Any]]) -> None:
         self.track_map = {t["mid"]: t for t in tracks}
@@ -299,3 +319,9 @@ class CallClient:
         """The packet counter of `socket_id`'s `kind` track (decoding or not)."""
         mid = self.mid_of(socket_id, kind)
         return self.stream_counters.get(mid) if mid else None
+
+
+def _asks_me(data: dict[str, Any], socket_id: str | None) -> bool:
+    """Whether a `video-paused`/`video-resumed` is about this client's own uplink (the others'
+    pauses only change what a UI shows)."""
+    return data.get("direction") == "up" and data.get("socketId") == socket_id
