@@ -83,8 +83,11 @@ class Forwarder:
         # Checked only inside the `_needs_rebase` branch, which a pause enters: no cost per
         # packet while the stream flows.
         self._paused = False
-        # While paused or on probation, the subscriber's REMB does not hold the publisher back.
+        # While paused or on probation, the subscriber's REMB does not hold the publisher back;
+        # nor does one below `remb_floor` (audio first: such a link gets no video, not a
+        # publisher slowed down for everyone).
         self._remb_counts = True
+        self.remb_floor = 0
         # Whether the keyframe request of "the sink is ready now" went out (see `forward`).
         self._asked_when_ready = False
         self._seq_offset = 0
@@ -102,7 +105,8 @@ class Forwarder:
 
     @property
     def remb_bps(self) -> int | None:
-        return self.stats.remb_bps if self._remb_counts else None
+        bps = self.stats.remb_bps
+        return bps if self._remb_counts and bps is not None and bps >= self.remb_floor else None
 
     @property
     def paused(self) -> bool:

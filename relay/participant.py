@@ -177,6 +177,8 @@ class Participant:
         # Audio first (relay/adaptation.py): this participant's downlink and uplink for video.
         self.downlink_gate = VideoGate(settings.video_gate, clock)
         self.uplink_gate = VideoGate(settings.video_gate, clock)
+        self._video_sent = 0  # video bytes forwarded to this participant, at the last tick
+        self._video_sent_at = clock()
 
     @property
     def socket_id(self) -> str:
@@ -392,6 +394,8 @@ class Participant:
             clock=self._clock,
             wall_clock=time.time,
         )
+        if self._settings.audio_first:
+            forwarder.remb_floor = self._settings.video_gate.pause_below_bps
         owner = self._owner.participant_info(producer.owner)
         forwarder.attach(producer)
         self.slots.append(
@@ -621,7 +625,19 @@ class Participant:
         video = [s.forwarder for s in self.slots if s.started and s.forwarder.kind == "video"]
         estimates = [f.stats.remb_bps for f in video if f.producer is not None]
         known = [bps for bps in estimates if bps is not None]
-        change = self.downlink_gate.update(sum(known) if known else None)
+        estimate = sum(known) if known else None
+        now, sent = self._clock(), sum(f.stats.bytes for f in video)
+        elapsed = now - self._video_sent_at
+        sent_bps = (sent - self._video_sent) * 8 / elapsed if elapsed > 0 else 0.0
+        self._video_sent, self._video_sent_at = sent, now
+        flowing = self.downlink_gate.state is GateState.FLOWING
+        if flowing and estimate is not None and sent_bps < 1.5 * estimate:
+            # A receive-side estimate cannot exceed ~1.5 x what it receives: low, it may only
+            # say the publisher sends little (a weak uplink, a still picture), not that this
+            # link is weak. It is a verdict only when the relay sends clearly more than that.
+            estimate = None
+        loss = max((f.stats.fraction_lost for f in video if f.producer is not None), default=0.0)
+        change = self.downlink_gate.update(estimate, loss)
         flows = self.downlink_gate.video_flows
         for forwarder in video:
             if not flows:
@@ -636,7 +652,8 @@ class Participant:
         the relay's own estimate of its uplink says the link cannot carry it."""
         video = [p for p in self.producers.values() if p.kind == "video"]
         known = [bps for p in video if (bps := p.stats.estimate_bps) is not None]
-        change = self.uplink_gate.update(max(known) if known else None)
+        loss = max((p.stats.fraction_lost for p in video), default=0.0)
+        change = self.uplink_gate.update(max(known) if known else None, loss)
         if change is None:
             return
         if change.after is GateState.PROBING:

@@ -28,6 +28,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 
+from relay._aiortc.hooks import preset_voice_bitrate
 from synth.measure import StreamCounter, tap_receiver
 from synth.probe import AudioProbe, VideoProbe
 
@@ -103,11 +104,21 @@ class CallClient:
             raise SignalingError(message["data"]["code"], message["data"]["message"])
         return dict(message["data"])
 
-    async def publish(self, *tracks: MediaStreamTrack, video_codec: str | None = None) -> None:
-        """Send `tracks` to the relay on the publisher connection (offer → answer)."""
+    async def publish(
+        self,
+        *tracks: MediaStreamTrack,
+        video_codec: str | None = None,
+        voice_bitrate: int | None = None,
+    ) -> None:
+        """Send `tracks` to the relay on the publisher connection (offer → answer).
+
+        `voice_bitrate`: Opus at this rate (a browser's voice is ~32 kbit/s) instead of aiortc's
+        96 kbit/s stereo, which alone would not fit a 100 kbit/s link."""
         pc = self.publisher = RTCPeerConnection(self._configuration)
         for track in tracks:
             transceiver = pc.addTransceiver(track, direction="sendonly")
+            if track.kind == "audio" and voice_bitrate:
+                preset_voice_bitrate(transceiver.sender, voice_bitrate)
             if track.kind == "video" and video_codec:
                 caps = RTCRtpSender.getCapabilities("video").codecs
                 preferred = [
