@@ -5,6 +5,9 @@ arriving, and once the limit is lifted the notice goes and the video is back."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from storage.base import Storage
@@ -92,3 +95,102 @@ async def test_the_page_shows_a_weak_participants_video_paused_and_keeps_its_voi
             finally:
                 await remote.run(bot.close())
                 remote.stop()
+
+
+OUTBOUND_VIDEO_FRAMES = """async () => {
+  let frames = 0;
+  for (const pc of window.smilingCall.peerConnections()) {
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === "outbound-rtp" && s.kind === "video") frames += s.framesEncoded ?? 0;
+    });
+  }
+  return frames;
+}"""
+
+
+@pytest.mark.timeout(300)
+async def test_a_weak_chromium_stops_sending_its_video_when_asked_and_sends_it_again(
+    serve: ServerFactory, booking_factory: BookingFactory, storage: Storage
+) -> None:
+    """Chromium itself behind the 100 kbit/s leg (launched from a thread in the weak namespace):
+    the relay asks it to pause its video, the page stops encoding (encodings inactive), shows
+    the notice on its own preview, its voice still reaches the other side; lifted, it sends
+    video again."""
+    server = await serve(relay_allowed_peer_ranges=("10.77.0.0/24", "10.213.0.0/16"))
+    from contextlib import AsyncExitStack
+
+    from tests.browser.conftest import launch_browsers
+
+    booking = await booking_factory()
+    with ClientNamespace(Impairment()) as namespace:
+        remote = ThreadedClient(namespace.name, name="weak-chromium")
+        remote.start()
+        stack = AsyncExitStack()
+
+        async def open_page() -> Any:
+            chromium = await stack.enter_async_context(
+                launch_browsers(server.base_url, "audio-first-weak")
+            )
+            page = await chromium.page("weak-browser")
+            await page.goto(
+                pages.call_url(server.base_url, booking.session.id, booking.client_token)
+            )
+            await pages.wait_phase(page, "connected")
+            return page
+
+        bot: CallClient | None = None
+        try:
+            page = await remote.run(open_page())
+            stored = await storage.get_session(booking.session.id)
+            assert stored is not None and stored.meeting_link is not None
+            bot = CallClient(server.base_url, booking.psychologist_token)
+            await bot.connect()
+            joined = await bot.join(stored.meeting_link)
+            browser_socket = joined["participants"][0]["socketId"]
+            await bot.publish(
+                PatternVideoTrack(source_id=7), ToneAudioTrack(source_id=7), voice_bitrate=32_000
+            )
+            await remote.run(pages.wait_video_decoding(page))
+            await bot.wait_until(lambda: bot.video_from(browser_socket) is not None, "its video")
+            notice = page.locator(".tile-local .badge-weak")
+
+            def told(event: str, reason: str) -> bool:
+                return any(
+                    m["event"] == event
+                    and m["data"] == {**m["data"], "socketId": browser_socket, "direction": "up"}
+                    and m["data"]["reason"] == reason
+                    for m in list(bot.history)
+                )
+
+            namespace.reshape(100)
+            await eventually(
+                lambda: told("video-paused", "weak-connection"), "the browser's video paused", 60
+            )
+            await remote.run(notice.wait_for(state="visible", timeout=10_000))
+            # the page stopped encoding: no new frames over 2 s (a measurement window)
+            await asyncio.sleep(1.0)  # what was being encoded when the event came
+            first = await remote.run(page.evaluate(OUTBOUND_VIDEO_FRAMES))
+            await asyncio.sleep(2.0)
+            assert await remote.run(page.evaluate(OUTBOUND_VIDEO_FRAMES)) == first
+            audio = bot.counter_from(browser_socket, "audio")
+            assert audio is not None
+            heard = audio.media_packets
+            await eventually(lambda: audio.media_packets > heard + 100, "the browser's voice", 10)
+
+            namespace.reshape(None)
+            await eventually(
+                lambda: told("video-resumed", "recovered"), "the browser's video back", 120
+            )
+            frames = await remote.run(page.evaluate(OUTBOUND_VIDEO_FRAMES))
+            for _ in range(40):  # bounded: 20 s
+                if await remote.run(page.evaluate(OUTBOUND_VIDEO_FRAMES)) > frames + 30:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                raise AssertionError("the page did not encode video again")
+            await remote.run(notice.wait_for(state="hidden", timeout=10_000))
+        finally:
+            if bot is not None:
+                await bot.close()
+            await remote.run(stack.aclose())
+            remote.stop()

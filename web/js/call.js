@@ -190,6 +190,7 @@ export class CallSession extends Emitter {
     const identity = await signaling.connect();
     if (generation !== this._generation) throw new AppError("CANCELLED", "superseded");
     this.local.socketId = identity.socketId ?? null;
+    this.local.weakVideo = null; // a new seat: the relay judges its links afresh (audio first)
     this.local.userId = identity.userId ?? this.local.userId;
     this.local.role = identity.role ?? this.local.role;
     this._resolveLocalName();
