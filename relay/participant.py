@@ -656,6 +656,9 @@ class Participant:
         change = self.uplink_gate.update(max(known) if known else None, loss)
         if change is None:
             return
+        flowing = change.after is GateState.FLOWING
+        for producer in video:
+            producer.probe_bps = None if flowing else 2 * self._settings.video_gate.resume_above_bps
         if change.after is GateState.PROBING:
             for producer in video:
                 producer.restart_estimate()  # judge the probe on fresh estimates only

@@ -172,8 +172,11 @@ async def test_a_weak_chromium_stops_sending_its_video_when_asked_and_sends_it_a
             first = await remote.run(page.evaluate(OUTBOUND_VIDEO_FRAMES))
             await asyncio.sleep(2.0)
             assert await remote.run(page.evaluate(OUTBOUND_VIDEO_FRAMES)) == first
+            await bot.wait_until(
+                lambda: bot.counter_from(browser_socket, "audio") is not None, "its audio"
+            )
             audio = bot.counter_from(browser_socket, "audio")
-            assert audio is not None
+            assert audio is not None, bot.track_map
             heard = audio.media_packets
             await eventually(lambda: audio.media_packets > heard + 100, "the browser's voice", 10)
 

@@ -204,3 +204,27 @@ def test_with_audio_first_a_remb_below_video_needs_does_not_hold_the_publisher_b
     assert forwarder.remb_bps is None
     forwarder.on_remb(160_000)
     assert forwarder.remb_bps == 160_000
+
+
+def test_a_paused_uplink_lets_the_publisher_send_enough_to_probe(
+    bench: Bench, sink: CaptureSink
+) -> None:
+    """The relay's stale estimate of a weak uplink would keep the publisher (Chromium keeps the
+    last REMB as its limit) too slow for a probe to show that the link recovered."""
+    upstream = Upstream()
+    producer = bench.producer(VP8, upstream=upstream)
+    forwarder = bench.forwarder(producer, sink)
+    producer.on_rtp(rtp(1, 0, VP8_KEYFRAME, pt=VP8.payload_type, marker=1), bench.clock())
+    forwarder.on_remb(300_000)
+    producer.stats.estimate_bps = 60_000  # what the relay saw while the uplink was weak
+    producer.update_bandwidth(force=True)
+    assert upstream.rembs()[-1] == 60_000
+    producer.probe_bps = 500_000
+    producer.update_bandwidth(force=True)
+    assert upstream.rembs()[-1] == 500_000
+    forwarder.on_remb(900_000)  # a subscriber that takes more: still at least the probe rate
+    producer.update_bandwidth(force=True)
+    assert upstream.rembs()[-1] == 900_000
+    producer.probe_bps = None
+    producer.update_bandwidth(force=True)
+    assert upstream.rembs()[-1] == 60_000
