@@ -37,6 +37,7 @@ RATE_LIMITED = "RATE_LIMITED"
 ROOM_NOT_FOUND = "ROOM_NOT_FOUND"
 ROOM_FULL = "ROOM_FULL"
 PERMISSION_DENIED = "PERMISSION_DENIED"
+SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
 
 
 class CallError(Exception):
@@ -57,3 +58,10 @@ class CallError(Exception):
 
     def __repr__(self) -> str:
         return f"CallError({self.kind.name}, {self.code!r}, {self.message!r})"
+
+
+def unavailable(message: str, retry_after: int) -> CallError:
+    """A refusal the client should retry (placement: draining, full, unreachable)."""
+    return CallError(
+        ErrorKind.UNAVAILABLE, SERVICE_UNAVAILABLE, message, {"retryAfter": retry_after}
+    )

@@ -68,6 +68,10 @@ ROOM_EMPTY = "room_empty"
 # Who ended a call the server ended (`CallEnded.ended_by_role`).
 SERVER_ROLE = "server"
 WINDOW_CLOSED = "window_closed"
+# Connections over the per-user budget that rejoin a seat the user holds (a reconnect after a
+# network blip) are let in, up to this many a minute per user on the node holding the seat:
+# a reconnecting participant is never locked out, a loop reconnecting without end still is.
+SEATED_RECONNECTS_PER_MIN = 20
 
 
 def utc_now() -> datetime:
@@ -173,6 +177,20 @@ class RoomIsFull(Exception):
         self.limit = limit
 
 
+class OverBudget(CallError):
+    """RATE_LIMITED for a caller whose token was good (it carries the identity): the face may
+    still let the connection in to rejoin only a seat the user holds (`reconnect_to_seat`)."""
+
+    def __init__(self, identity: Identity, retry_after: int, limit: int) -> None:
+        super().__init__(
+            ErrorKind.RATE_LIMITED,
+            RATE_LIMITED,
+            f"at most {limit} connections per minute",
+            {"retryAfter": retry_after},
+        )
+        self.identity = identity
+
+
 class CallService:
     """The domain's one entry point for both faces."""
 
@@ -191,6 +209,8 @@ class CallService:
         self.ice = ice or IceSettings()
         # Per-user WebSocket connection budget (RATE_LIMIT_WS_PER_MIN); disabled when None.
         self.ws_limiter: RateLimit = ws_limiter or RateLimiter(0)
+        # Reconnects to a held or live seat beyond `ws_limiter`'s budget (SEATED_RECONNECTS_...).
+        self.seated_reconnects = RateLimiter(SEATED_RECONNECTS_PER_MIN)
         self._secret = secret
         # Started calls seen with an empty room: since when (session id → first seen empty).
         self._empty_since: dict[str, datetime] = {}
@@ -226,13 +246,15 @@ class CallService:
             return identity
         limit = await self.ws_limiter.hit(user_key(identity.user_id))
         if not limit.allowed:
-            raise CallError(
-                ErrorKind.RATE_LIMITED,
-                RATE_LIMITED,
-                f"at most {limit.limit} connections per minute",
-                {"retryAfter": limit.retry_after},
-            )
+            raise OverBudget(identity, limit.retry_after, limit.limit)
         return identity
+
+    async def reconnect_to_seat(self, identity: Identity) -> None:
+        """A connection over the budget rejoins a seat its user holds: let it, unless the user
+        has done so `SEATED_RECONNECTS_PER_MIN` times this minute (then RATE_LIMITED)."""
+        limit = await self.seated_reconnects.hit(user_key(identity.user_id))
+        if not limit.allowed:
+            raise OverBudget(identity, limit.retry_after, limit.limit)
 
     def ice_servers(self, identity: Identity) -> list[dict[str, Any]]:
         return ice_servers(self.ice, user_id=identity.user_id, now=self.clock())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Protocol
 
 from relay.adaptation import Direction, GateReason
@@ -26,6 +27,19 @@ class RoomFull(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the room already has {limit} participants")
         self.limit = limit
+
+
+# Why a participant's seat is held rather than freed: its connection went away, not the person.
+HOLDS_SEAT = frozenset({LeaveReason.DISCONNECTED, LeaveReason.ICE_FAILED, LeaveReason.TIMEOUT})
+
+
+@dataclass
+class HeldSeat:
+    """A participant whose connection went away, kept in the call for `seat_grace` seconds:
+    the same user joining again takes it back; when it expires the others are told `timeout`."""
+
+    participant: Participant
+    expiry: asyncio.TimerHandle
 
 
 class RoomOwner(Protocol):
@@ -52,6 +66,8 @@ class Room:
         self._clock = clock
         self._owner = owner
         self.participants: dict[str, Participant] = {}
+        # Seats held for participants whose connection went away, by user id.
+        self.held: dict[str, HeldSeat] = {}
         self.opened_at_wall = time.time()
         self.closed = False
         self._ever_joined: set[str] = set()
@@ -65,8 +81,13 @@ class Room:
         if self.closed:
             raise RoomClosed
         replaced = [p for p in self.participants.values() if p.info.user_id == info.user_id]
-        if not replaced and len(self.participants) >= self.settings.max_participants:
+        # A held seat counts as taken, by its own user only: they take it back.
+        held = self.held.pop(info.user_id, None)
+        taken = len(self.participants) + len(self.held)
+        if not replaced and held is None and taken >= self.settings.max_participants:
             raise RoomFull(self.settings.max_participants)
+        if held is not None:
+            held.expiry.cancel()
         for old in replaced:
             # a reload must not close the room when the reloading user was alone in it
             await self._remove(old, LeaveReason.REPLACED, tell_them=True, close_if_empty=False)
@@ -80,6 +101,8 @@ class Room:
             clock=self._clock,
             owner=self,
         )
+        if held is not None:
+            participant.rejoined_from = held.participant.socket_id
         others = list(self.participants.values())
         self.participants[info.socket_id] = participant
         self._ever_joined.add(info.socket_id)
@@ -90,14 +113,39 @@ class Room:
                 participant.subscribe(producer, other.info)
         return participant
 
-    async def leave(self, participant: Participant, reason: LeaveReason) -> None:
-        await self._remove(participant, reason, tell_them=False)
+    async def leave(
+        self, participant: Participant, reason: LeaveReason, *, hold_seat: bool = False
+    ) -> None:
+        """`hold_seat`: the participant's connection went away (`reason` one of `HOLDS_SEAT`)
+        rather than the person: its media is closed, but the others are told
+        `user-reconnecting` and its seat is kept for `seat_grace` seconds (0: it leaves)."""
+        await self._remove(participant, reason, tell_them=False, hold_seat=hold_seat)
 
     def drop(self, participant: Participant, reason: LeaveReason) -> None:
         """Remove a participant from a callback that cannot wait (connection failed)."""
-        task = asyncio.create_task(self._remove(participant, reason, tell_them=True))
+        self._spawn(self._remove(participant, reason, tell_them=True, hold_seat=True))
+
+    def _spawn(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _hold_seat(self, participant: Participant) -> None:
+        user_id = participant.info.user_id
+        loop = asyncio.get_running_loop()
+        expiry = loop.call_later(self.settings.seat_grace, self._seat_expired, user_id)
+        self.held[user_id] = HeldSeat(participant, expiry)
+        for other in self.participants.values():
+            other.listener.user_reconnecting(participant)
+
+    def _seat_expired(self, user_id: str) -> None:
+        held = self.held.pop(user_id, None)
+        if held is None or self.closed:
+            return
+        for other in self.participants.values():
+            other.listener.user_left(held.participant, LeaveReason.TIMEOUT)
+        if not self.participants and not self.held:
+            self._spawn(self._owner.close_room(self))
 
     async def _remove(
         self,
@@ -105,6 +153,7 @@ class Room:
         reason: LeaveReason,
         tell_them: bool,
         close_if_empty: bool = True,
+        hold_seat: bool = False,
     ) -> None:
         if self.participants.get(participant.socket_id) is not participant:
             return
@@ -118,9 +167,12 @@ class Room:
                 other.unsubscribe(producer)
         if tell_them:
             participant.listener.closed_by_relay(reason)
-        for other in self.participants.values():
-            other.listener.user_left(participant, reason)
-        if close_if_empty and not self.participants:
+        if hold_seat and reason in HOLDS_SEAT and self.settings.seat_grace > 0:
+            self._hold_seat(participant)
+        else:
+            for other in self.participants.values():
+                other.listener.user_left(participant, reason)
+        if close_if_empty and not self.participants and not self.held:
             await self._owner.close_room(self)
         await participant.close()
 
@@ -206,6 +258,9 @@ class Room:
         """Tear the room down (relay shutdown, call ended); each participant is told `reason`."""
         self.closed = True
         self._rtcp_task.cancel()
+        for held in self.held.values():
+            held.expiry.cancel()
+        self.held.clear()
         for participant in list(self.participants.values()):
             self._remember(participant)
             await participant.close()

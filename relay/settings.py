@@ -26,6 +26,9 @@ class RelaySettings:
     # A client whose media connections carried no RTCP for this long is gone (crashed tab, lost
     # network) even if ICE consent, which takes ~30 s to fail, has not noticed yet.
     silence_timeout: float = 15.0
+    # A participant whose connection went away (socket closed, ICE failed, silence) keeps its
+    # seat this long: the others see "reconnecting", the same user joining again takes it back.
+    seat_grace: float = 60.0
     # Trickled candidates: which addresses the relay sends connectivity checks to
     # (relay/candidates.py), and how many one peer connection may trickle.
     peer_policy: PeerPolicy = field(default_factory=PeerPolicy)

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import aiohttp
 
-from calls.errors import CallError, ErrorKind
+from calls.errors import CallError, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,9 @@ INTERNAL_WS_PATH = "/internal/ws"
 SECRET_HEADER = "Authorization"
 SOCKET_ID_HEADER = "X-Relay-Socket-Id"
 CLIENT_IP_HEADER = "X-Relay-Client-IP"
+# Set ("1") when the entry node let the client in over its connection budget: the holder lets
+# it rejoin only a seat the user holds there (docs/signaling.md, "Limits").
+SEAT_ONLY_HEADER = "X-Relay-Seat-Only"
 HANDSHAKE_TIMEOUT = 5.0
 # What the client is told when the holder went away without closing (a crash): 1012 "service
 # restart", which the browser client answers by reconnecting (and the call is placed again).
@@ -60,12 +63,7 @@ def refusal_close_code(event: str) -> int:
 
 
 def unreachable(node_url: str) -> CallError:
-    return CallError(
-        ErrorKind.UNAVAILABLE,
-        "SERVICE_UNAVAILABLE",
-        "the server holding this call cannot be reached right now; try again",
-        {"retryAfter": 2},
-    )
+    return unavailable("the server holding this call cannot be reached right now; try again", 2)
 
 
 class Bridge:
@@ -87,6 +85,7 @@ class Bridge:
         user_agent: str | None,
         join: str,
         max_msg_size: int,
+        seat_only: bool = False,
     ) -> Bridge:
         """Connect, authenticate as the client and send its `join-room` (the text as received).
 
@@ -95,6 +94,8 @@ class Bridge:
         headers = {SECRET_HEADER: f"Bearer {secret}", SOCKET_ID_HEADER: socket_id}
         if client_ip:
             headers[CLIENT_IP_HEADER] = client_ip
+        if seat_only:
+            headers[SEAT_ONLY_HEADER] = "1"
         if user_agent:
             headers["User-Agent"] = user_agent
         try:

@@ -17,10 +17,10 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from calls.audit import Origin
-from calls.errors import CallError, ErrorKind
+from calls.errors import CallError, ErrorKind, unavailable
 from calls.identity import Identity
 from calls.log_context import CALL_ID, CONNECTION_ID
-from calls.service import JOIN_ENDPOINT, CallEnded, CallService, RoomIsFull, Seat
+from calls.service import JOIN_ENDPOINT, CallEnded, CallService, OverBudget, RoomIsFull, Seat
 from relay.adaptation import Direction, GateReason
 from relay.candidates import CandidateError
 from relay.negotiation import NegotiationError
@@ -88,6 +88,8 @@ class Bridged:
 
     socket_id: str
     client_ip: str | None
+    # The entry node let it in over the user's connection budget: it may only rejoin a seat.
+    seat_only: bool = False
 
 
 class SignalingConnection:
@@ -135,6 +137,11 @@ class SignalingConnection:
         self._on_authenticated = on_authenticated
         # How the call ended, set by `end_call` just before the relay closes the room.
         self.call_ended: CallEnded | None = None
+        # Set when this side closes the socket (a refusal, abuse): the seat is not held then.
+        self._closed_on_purpose = False
+        # Set when the connection came in over the user's budget: it may only take back a seat
+        # the user holds in the room it joins (a reconnect), else it is refused as RATE_LIMITED.
+        self._seat_only = bridged is not None and bridged.seat_only
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -154,8 +161,10 @@ class SignalingConnection:
             self._outbox.put_nowait(None)
             if self._session is not None:
                 self._session.release()  # before leaving: closing the media may take a while
-            # shielded: leaving the room must complete even if this handler is cancelled
-            await asyncio.shield(self._leave(LeaveReason.DISCONNECTED))
+            # shielded: leaving the room must complete even if this handler is cancelled. A
+            # socket that went away (not closed by us for a reason) keeps its seat a while.
+            hold = not self._closed_on_purpose
+            await asyncio.shield(self._leave(LeaveReason.DISCONNECTED, hold_seat=hold))
             if self._bridge is not None:
                 await asyncio.shield(self._bridge.close())  # ends the pump too
             with contextlib.suppress(Exception):
@@ -184,11 +193,37 @@ class SignalingConnection:
     async def _authenticate(self, token: str) -> bool:
         try:
             identity = await self.service.connect(token, counted=self.bridged is None)
+        except OverBudget as exc:
+            if not self._may_hold_seat(exc.identity):
+                return await self._refuse_authentication(exc)
+            identity, self._seat_only = exc.identity, True
         except CallError as exc:
-            code, close = AUTH_REFUSALS.get(exc.kind, (exc.code, CLOSE_POLICY_VIOLATION))
-            self._send_error(code, exc.message, exc.details)
-            await self._close(close)
+            return await self._refuse_authentication(exc)
+        return await self._authenticated(identity, token)
+
+    def _may_hold_seat(self, identity: Identity) -> bool:
+        """Whether the user may hold a seat that a connection over the budget could take back:
+        one on this node, or in a fleet anywhere (the call's node checks it at the join)."""
+        clustered = self.fleet is not None and self.fleet.secret is not None
+        return clustered or any(
+            self._seat_in(room, identity.user_id) for room in self.relay.rooms.values()
+        )
+
+    @staticmethod
+    def _seat_in(room: Room | None, user_id: str) -> bool:
+        """A live or held seat of this user in `room`."""
+        if room is None:
             return False
+        live = any(p.info.user_id == user_id for p in room.participants.values())
+        return live or user_id in room.held
+
+    async def _refuse_authentication(self, exc: CallError) -> bool:
+        code, close = AUTH_REFUSALS.get(exc.kind, (exc.code, CLOSE_POLICY_VIOLATION))
+        self._send_error(code, exc.message, exc.details)
+        await self._close(close)
+        return False
+
+    async def _authenticated(self, identity: Identity, token: str) -> bool:
         self._session = self._sessions.take(identity.user_id)
         if self._session is None:
             limit = self._sessions.limit
@@ -347,6 +382,8 @@ class SignalingConnection:
             raise ProtocolError("ALREADY_IN_ROOM", "this connection is already in a room")
         if self.fleet is not None and await self._bridged_elsewhere(room_id):
             return
+        if self._seat_only and not await self._reconnect_allowed(identity, room_id):
+            return
         origin = Origin(
             ip_address=self.remote,
             user_agent=self.request.headers.get("User-Agent"),
@@ -388,6 +425,25 @@ class SignalingConnection:
             },
         )
 
+    async def _reconnect_allowed(self, identity: Identity, room_id: str) -> bool:
+        """A connection over the user's budget joins only to take back its seat (a reconnect);
+        anything else is refused as the budget says, and the socket closed (4429)."""
+        if not self._seat_in(self.relay.rooms.get(room_id), identity.user_id):
+            self._send_error(
+                "RATE_LIMITED",
+                "too many connections per minute; only a reconnect to your seat is let in",
+                {"retryAfter": 60},
+            )
+            await self._close(CLOSE_RATE_LIMITED)
+            return False
+        try:
+            await self.service.reconnect_to_seat(identity)
+        except CallError as exc:
+            self._send_error(exc.code, exc.message, exc.details)
+            await self._close(CLOSE_RATE_LIMITED)
+            return False
+        return True
+
     async def _bridged_elsewhere(self, room_id: str) -> bool:
         """Ask placement where the call is; if on another node, bridge there (True)."""
         assert self.fleet is not None
@@ -395,11 +451,7 @@ class SignalingConnection:
         if node_url is None:
             return False
         if self.bridged is not None:  # bridges are never chained
-            raise ProtocolError(
-                "SERVICE_UNAVAILABLE",
-                "this call moved to another server; reconnect to join it",
-                {"retryAfter": 1},
-            )
+            raise unavailable("this call moved to another server; reconnect to join it", 1)
         try:
             await self._open_bridge(node_url, room_id)
         except CallError:
@@ -426,6 +478,7 @@ class SignalingConnection:
                 user_agent=self.request.headers.get("User-Agent"),
                 join=join,
                 max_msg_size=protocol.MAX_MESSAGE_BYTES,
+                seat_only=self._seat_only,
             )
         except BridgeRefused as refused:
             self._outbox.put_nowait(refused.event)
@@ -453,17 +506,30 @@ class SignalingConnection:
                 continue
         raise ProtocolError("INTERNAL_ERROR", "the room kept closing; try again")
 
-    async def _leave(self, reason: LeaveReason) -> None:
+    async def _leave(self, reason: LeaveReason, *, hold_seat: bool = False) -> None:
         room, participant = self.room, self.participant
         self.room = self.participant = None
         CALL_ID.set(None)
         if room is not None and participant is not None:
-            await room.leave(participant, reason)
+            await room.leave(participant, reason, hold_seat=hold_seat)
 
     # -- ParticipantListener ------------------------------------------------------------------
 
     def user_joined(self, other: Participant) -> None:
-        self._send("user-joined", protocol.participant_json(other))
+        joined = protocol.participant_json(other)
+        if other.rejoined_from is not None:
+            joined["previousSocketId"] = other.rejoined_from  # took its held seat back
+        self._send("user-joined", joined)
+
+    def user_reconnecting(self, other: Participant) -> None:
+        self._send(
+            "user-reconnecting",
+            {
+                "socketId": other.socket_id,
+                "userId": other.info.user_id,
+                "graceSeconds": self.relay.settings.seat_grace,
+            },
+        )
 
     def user_left(self, other: Participant, reason: LeaveReason) -> None:
         self._send(
@@ -543,6 +609,7 @@ class SignalingConnection:
                 continue
 
     async def _close(self, code: int) -> None:
+        self._closed_on_purpose = True
         self._outbox.put_nowait({"close": code})
 
 

@@ -14,7 +14,13 @@ from aiohttp import web
 
 from calls.service import CallService
 from relay.sfu import Relay
-from signaling.bridge import CLIENT_IP_HEADER, INTERNAL_WS_PATH, SECRET_HEADER, SOCKET_ID_HEADER
+from signaling.bridge import (
+    CLIENT_IP_HEADER,
+    INTERNAL_WS_PATH,
+    SEAT_ONLY_HEADER,
+    SECRET_HEADER,
+    SOCKET_ID_HEADER,
+)
 from signaling.connection import (
     AUTHENTICATE_TIMEOUT,
     NO_OBSERVER,
@@ -27,7 +33,10 @@ from signaling.limits import NO_PLACE, Occupancy, SignalingLimits
 from signaling.origins import OriginPolicy
 from signaling.protocol import MAX_MESSAGE_BYTES
 
-HEARTBEAT_SECONDS = 10.0  # a silent client is dropped after about this long without a pong
+# A client silent this long is pinged, and dropped when no pong follows within half of it: a
+# dead link is noticed in 3–4.5 s (its seat is then held, docs/signaling.md). A ping costs a
+# few bytes; the browser client pings every second itself, which keeps the server's quiet.
+HEARTBEAT_SECONDS = 3.0
 
 
 @dataclass
@@ -119,7 +128,8 @@ async def bridged_handler(request: web.Request) -> web.WebSocketResponse:
     socket_id = request.headers.get(SOCKET_ID_HEADER, "")
     if not socket_id.isalnum() or len(socket_id) > 64:
         raise web.HTTPBadRequest(reason=f"{SOCKET_ID_HEADER} must be alphanumeric")
-    bridged = Bridged(socket_id, request.headers.get(CLIENT_IP_HEADER))
+    seat_only = request.headers.get(SEAT_ONLY_HEADER) == "1"
+    bridged = Bridged(socket_id, request.headers.get(CLIENT_IP_HEADER), seat_only)
     return await _serve(request, signaling, None, bridged=bridged)
 
 

@@ -63,6 +63,7 @@ HTTP_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("http")
 def relay_settings(config: Config) -> RelaySettings:
     return RelaySettings(
         max_participants=config.room_max_participants,
+        seat_grace=config.seat_grace_seconds,
         announced_ip=config.relay_announced_ip,
         bind_ips=config.relay_bind_ips,
         udp_ports=config.relay_udp_ports,

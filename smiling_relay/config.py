@@ -90,6 +90,8 @@ class Config:
     turn_urls: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     room_max_participants: int = 4
+    # Seconds a participant whose connection went away keeps its seat (0: leaves at once).
+    seat_grace_seconds: float = 60.0
     relay_announced_ip: str | None = None
     relay_bind_ips: tuple[str, ...] = ()
     relay_udp_ports: tuple[int, int] | None = None
@@ -263,6 +265,7 @@ class Config:
             ),
             cors_origins=env.get_list("CORS_ORIGIN"),
             room_max_participants=env.get_int("ROOM_MAX_PARTICIPANTS", 4, minimum=2, maximum=64),
+            seat_grace_seconds=env.get_float("SEAT_GRACE_SECONDS", 60.0, minimum=0.0),
             relay_announced_ip=env.get_ip("RELAY_ANNOUNCED_IP"),
             relay_bind_ips=tuple(
                 _check_ip("RELAY_BIND_IPS", ip) for ip in env.get_list("RELAY_BIND_IPS")

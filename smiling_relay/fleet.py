@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from api.nodes import Readiness
-from calls.errors import CallError, ErrorKind
+from calls.errors import unavailable
 from calls.service import CallEnded, CallService
 from cluster.node import NodeAgent
 from cluster.placement import NoNodeAvailable, lease_key
@@ -41,8 +41,8 @@ DRAIN_PATH = "/internal/drain"
 
 
 def occupied_rooms(relay: Relay) -> list[str]:
-    """The calls this node holds: rooms with someone in them."""
-    return [room_id for room_id, room in relay.rooms.items() if room.participants]
+    """The calls this node holds: rooms with someone in them (or a seat held for someone)."""
+    return [room_id for room_id, room in relay.rooms.items() if room.participants or room.held]
 
 
 class Locator:
@@ -58,19 +58,12 @@ class Locator:
         try:
             node = await self.agent.locate(room_id, unreachable=suspect)
         except StateUnavailable:
-            raise CallError(
-                ErrorKind.UNAVAILABLE,
-                "SERVICE_UNAVAILABLE",
-                "new calls cannot be placed right now (placement is unreachable); try again",
-                {"retryAfter": 5},
+            raise unavailable(
+                "new calls cannot be placed right now (placement is unreachable); try again", 5
             ) from None
         except NoNodeAvailable:
-            raise CallError(
-                ErrorKind.UNAVAILABLE,
-                "SERVICE_UNAVAILABLE",
-                "every server is full or shutting down; try again in a minute",
-                {"retryAfter": 30},
-            ) from None
+            message = "every server is full or shutting down; try again in a minute"
+            raise unavailable(message, 30) from None
         if node is None:
             return None
         self._node_ids[node.internal_url] = node.node_id
@@ -116,13 +109,15 @@ class NodeFleet:
         return Readiness(not self.agent.draining and self.agent.reachable, details)
 
     async def nodes(self) -> list[dict[str, Any]]:
-        try:
-            nodes = await self.state.nodes()
-        except StateUnavailable as exc:
-            raise CallError(
-                ErrorKind.UNAVAILABLE, "SERVICE_UNAVAILABLE", f"placement is unreachable: {exc}"
-            ) from None
+        nodes = await self._live()
         return [node_json(node) for node in sorted(nodes, key=lambda n: n.node_id)]
+
+    async def _live(self) -> list[NodeStatus]:
+        """The live nodes, for an admin's request (a refusal to retry when unreachable)."""
+        try:
+            return await self.state.nodes()
+        except StateUnavailable as exc:
+            raise unavailable(f"placement is unreachable: {exc}", 5) from None
 
     async def live_nodes(self) -> set[str]:
         """The ids of the live nodes (raises `StateUnavailable`)."""
@@ -132,7 +127,7 @@ class NodeFleet:
         if node_id == self.agent.node_id:
             self.request_stop()
             return True
-        node = next((n for n in await self.state.nodes() if n.node_id == node_id), None)
+        node = next((n for n in await self._live() if n.node_id == node_id), None)
         if node is None:
             return False
         await self._rpc(node.internal_url, DRAIN_PATH, {})

@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     media = parser.add_argument_group("media")
     media.add_argument("--codec", choices=("vp8", "h264"), default="vp8")
+    media.add_argument(
+        "--e2ee",
+        action="store_true",
+        help="encrypt end to end as the browser client does (VP8 + Opus; docs/e2ee.md)",
+    )
     media.add_argument("--resolution", type=_resolution, default=(640, 480), metavar="WxH")
     media.add_argument("--fps", type=int, default=15)
     media.add_argument(
@@ -187,6 +192,7 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
             codec=args.codec, width=width, height=height, fps=args.fps, bitrate=args.bitrate * 1000
         ),
         cheap=args.cheap,
+        e2ee=args.e2ee,
         full_calls=args.full_calls,
         decode_fraction=args.decode_fraction,
         procs=args.procs,

@@ -28,7 +28,9 @@ from aiortc import (
     RTCSessionDescription,
 )
 
+from relay._aiortc import transform_received_frames, transform_sent_frames
 from relay._aiortc.hooks import preset_voice_bitrate
+from synth.e2ee import E2eeSession
 from synth.measure import StreamCounter, tap_receiver
 from synth.probe import AudioProbe, VideoProbe
 
@@ -53,6 +55,7 @@ class CallClient:
         relay_only: bool = False,
         probe_media: bool = True,
         use_query_token: bool = True,
+        e2ee: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
@@ -78,6 +81,9 @@ class CallClient:
         self.closed_code: int | None = None
         # Audio first: the relay asked this client to stop sending video (sender → its track).
         self.video_held: dict[RTCRtpSender, MediaStreamTrack] = {}
+        # End-to-end encryption as the browser client does it (synth/e2ee.py), when asked.
+        self.want_e2ee = e2ee
+        self.e2ee: E2eeSession | None = None
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -94,6 +100,8 @@ class CallClient:
         if message["event"] == "error":
             raise SignalingError(message["data"]["code"], message["data"]["message"])
         self.socket_id = message["data"]["socketId"]
+        if self.want_e2ee:
+            self.e2ee = E2eeSession(self.socket_id or "", lambda d: self.send("e2ee-key", d))
         return dict(message["data"])
 
     async def join(self, room_id: str, timeout: float = 10.0) -> dict[str, Any]:  # noqa: ASYNC109
@@ -115,10 +123,14 @@ class CallClient:
         `voice_bitrate`: Opus at this rate (a browser's voice is ~32 kbit/s) instead of aiortc's
         96 kbit/s stereo, which alone would not fit a 100 kbit/s link."""
         pc = self.publisher = RTCPeerConnection(self._configuration)
+        if self.e2ee is not None:
+            video_codec = "VP8"  # the clear prefix of a frame is defined for VP8 and Opus
         for track in tracks:
             transceiver = pc.addTransceiver(track, direction="sendonly")
             if track.kind == "audio" and voice_bitrate:
                 preset_voice_bitrate(transceiver.sender, voice_bitrate)
+            if self.e2ee is not None:
+                transform_sent_frames(transceiver.sender, track.kind, self.e2ee.cipher.encrypt)
             if track.kind == "video" and video_codec:
                 caps = RTCRtpSender.getCapabilities("video").codecs
                 preferred = [
@@ -154,6 +166,8 @@ class CallClient:
         await self._close_peers()
 
     async def close(self) -> None:
+        if self.e2ee is not None:
+            self.e2ee.close()
         await self._close_peers()
         if self._ws is not None:
             await self._ws.close()
@@ -201,6 +215,8 @@ class CallClient:
             self._update_tracks(data["tracks"])
         elif event in ("video-paused", "video-resumed") and _asks_me(data, self.socket_id):
             self._send_video(event == "video-resumed")
+        if self.e2ee is not None:
+            await self._react_e2ee(self.e2ee, event, data)
 
     def _send_video(self, on: bool) -> None:
         """Audio first, uplink: stop sending video (the track stays; nothing is encoded) or
@@ -217,6 +233,17 @@ class CallClient:
             if track is not None and track.kind == "video":
                 self.video_held[sender] = track
                 sender.replaceTrack(None)
+
+    @staticmethod
+    async def _react_e2ee(e2ee: E2eeSession, event: Any, data: dict[str, Any]) -> None:
+        if event == "room-joined":
+            await e2ee.set_peers(data.get("participants", []))
+        elif event == "user-joined":
+            await e2ee.peer_joined(data)
+        elif event == "user-left":
+            await e2ee.peer_left(data.get("socketId", ""))
+        elif event == "e2ee-key":
+            await e2ee.handle(data)
 
     def _update_tracks(self, tracks: list[dict[str, Any]]) -> None:
         self.track_map = {t["mid"]: t for t in tracks}
@@ -242,6 +269,10 @@ class CallClient:
         if transceiver is None or mid is None:
             return
         if mid not in self.stream_counters:
+            if self.e2ee is not None:  # before the receiver starts (its decoder takes frames)
+                transform_received_frames(
+                    transceiver.receiver, track.kind, self.e2ee.cipher.decrypt
+                )
             counter = self.stream_counters[mid] = StreamCounter(track.kind)
             tap_receiver(transceiver.receiver, counter, decode=self.probe_media)
         if not self.probe_media:

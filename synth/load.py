@@ -116,12 +116,16 @@ class LoadOptions:
     worker_prefix: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", NS]
     worker_url: str | None = None  # the URL as seen from the workers (impairment namespace)
     seed: int | None = None
+    # Encrypt end to end as the browser client does (synth/e2ee.py): VP8 + Opus only.
+    e2ee: bool = False
 
     def validate(self) -> None:
         if not self.url:
             raise LoadError("a relay URL (or --janus URL) is required")
         if self.calls < 1 or self.participants < 2:
             raise LoadError("need at least one call of at least two participants")
+        if self.e2ee and (self.target != "relay" or self.media.codec != "vp8"):
+            raise LoadError("--e2ee needs the relay and VP8 (the frame format's codecs)")
         if self.participants > 8:
             raise LoadError("at most 8 participants per call")
         if self.duration <= 0 or self.ramp <= 0 or self.warmup < 0:
@@ -177,6 +181,7 @@ class RunPlan:
     media: MediaSettings
     setup_timeout: float
     media_path: str | None = None
+    e2ee: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -341,6 +346,7 @@ def build_plan(
         t1=t0 + options.duration,
         media=options.media,
         setup_timeout=options.setup_timeout,
+        e2ee=options.e2ee,
     )
 
 
@@ -548,7 +554,7 @@ async def _setup(plan: RunPlan, call: CallSpec, live: Live, cheap: dict[str, Any
                 from synth.client import CallClient
 
                 assert spec.token is not None
-                client = CallClient(plan.url, spec.token, probe_media=spec.decode)
+                client = CallClient(plan.url, spec.token, probe_media=spec.decode, e2ee=plan.e2ee)
                 live.endpoint = client
                 await client.connect()
                 await client.join(call.room)
@@ -589,6 +595,9 @@ def _stream_result(
     if endpoint is None or pub.key is None:
         result["error"] = "no such stream (a participant failed to join)"
         return result
+    e2ee = getattr(endpoint, "e2ee", None)
+    if e2ee is not None:  # what the receiver's frame cipher did (all its streams together)
+        result["e2ee"] = {"mode": e2ee.mode, **dataclasses.asdict(e2ee.cipher.stats)}
     vc = endpoint.counter_from(pub.key, "video")
     ac = endpoint.counter_from(pub.key, "audio")
     vp = endpoint.video_from(pub.key) if sub.spec.decode else None

@@ -8,9 +8,15 @@ and the QA tool (`synth/`) use the functions exported here.
     transport.py  MediaTransport: SRTP in and out straight from the ICE socket callback
     gathering.py  host-candidate gathering: bind addresses, UDP port range, announced address
     hooks.py      SSRCs, decoder threads, idle senders, keyframe flags, receive taps
+    frames.py     the encoded-frame layer (the QA tool's end-to-end encryption)
     selftest.py   the version pins and the start-up check
 """
 
+from relay._aiortc.frames import (
+    FrameTransform,
+    transform_received_frames,
+    transform_sent_frames,
+)
 from relay._aiortc.gathering import (
     GatheringPolicy,
     PortRangeExhausted,
@@ -43,6 +49,7 @@ __all__ = [
     "SUPPORTED_AIOICE",
     "SUPPORTED_AIORTC",
     "AiortcInternalsChanged",
+    "FrameTransform",
     "GatheringPolicy",
     "IdleTrack",
     "MediaTransport",
@@ -60,5 +67,7 @@ __all__ = [
     "self_test",
     "sender_ssrcs",
     "take_keyframe_request",
+    "transform_received_frames",
+    "transform_sent_frames",
     "wrap_rtp_handler",
 ]

@@ -68,3 +68,20 @@ async def test_drain_a_node_by_id(client: Client, admin_token: str) -> None:
     assert fleet.agent.draining is True
     await error_of(await client.get("/readyz"), 503)
     await fleet.start_drain()
+
+
+async def test_the_nodes_list_is_a_503_while_placement_is_unreachable(
+    client: Client, admin_token: str
+) -> None:
+    fleet = client.app[FLEET_KEY]
+
+    async def down() -> None:
+        raise StateUnavailable("down")
+
+    fleet.state.nodes = down  # type: ignore[assignment,method-assign]
+    for resp in (
+        await client.get("/api/admin/nodes", headers=auth_headers(admin_token)),
+        await client.post("/api/admin/nodes/other/drain", headers=auth_headers(admin_token)),
+    ):
+        error = await error_of(resp, 503)
+        assert error["code"] == "SERVICE_UNAVAILABLE" and error["details"]["retryAfter"] == 5

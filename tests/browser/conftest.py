@@ -138,8 +138,10 @@ async def serve(
     host = browser_netns.addresses[0]
 
     async def factory(**overrides: Any) -> Server:
-        # the relay may check Chromium's private namespace addresses (RELAY_ALLOWED_PEER_RANGES)
-        settings: dict[str, Any] = {"relay_allowed_peer_ranges": ("10.77.0.0/24",), **overrides}
+        # the relay may check Chromium's private namespace addresses (RELAY_ALLOWED_PEER_RANGES),
+        # and those of a participant in a namespace of its own (synth.impair's 10.213.N.0/24)
+        ranges = ("10.77.0.0/24", "10.213.0.0/16")
+        settings: dict[str, Any] = {"relay_allowed_peer_ranges": ranges, **overrides}
         app = create_app(dataclasses.replace(config, host=host, **settings), storage)
         runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
@@ -200,6 +202,7 @@ class Browsers:
         init_script: str | None = None,
         viewport: dict[str, int] | None = None,
         camera: str | None = None,
+        netns_name: str | None = None,
         **context_options: Any,
     ) -> Page:
         size = viewport or {"width": 1280, "height": 800}
@@ -211,8 +214,17 @@ class Browsers:
             # The fake camera's file is a browser-wide flag: one Chromium per such participant.
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             clip = write_fake_camera(ARTIFACTS / f"{self.name}-{label}-camera.y4m", camera)
+            executable = CHROMIUM
+            if netns_name is not None:
+                # this participant's Chromium runs in a namespace of its own (its link can be
+                # cut alone); Playwright drives it over a pipe, which no namespace affects
+                executable = ARTIFACTS / f"{self.name}-{label}-chromium.sh"
+                executable.write_text(
+                    f'#!/bin/sh\nexec ip netns exec {netns_name} {CHROMIUM} "$@"\n'
+                )
+                executable.chmod(0o755)
             browser = await self.playwright.chromium.launch(
-                executable_path=str(CHROMIUM),
+                executable_path=str(executable),
                 headless=True,
                 args=[*chromium_args(self.base_url), f"--use-file-for-fake-video-capture={clip}"],
             )

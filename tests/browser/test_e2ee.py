@@ -289,3 +289,38 @@ async def test_required_refuses_a_browser_that_cannot_encrypt(
         )
         state = await e2ee.wait_e2ee(psychologist, "s.policy === 'required'")
         assert state["mode"] in ("e2ee", "pending")
+
+
+async def test_a_qa_participant_and_a_page_share_an_e2ee_call(
+    browsers: Browsers, server: Server, storage: Storage, booking_factory: BookingFactory
+) -> None:
+    """The QA tool's Python implementation (synth/e2ee.py) speaks the page's key exchange and
+    frame format: the page shows "end-to-end encrypted" with the same code, and each side
+    decodes the other's pictures."""
+    from synth.client import CallClient
+    from synth.tracks import PatternVideoTrack, ToneAudioTrack
+
+    booking = await booking_factory()
+    page = await browsers.page("psychologist", camera="blue")
+    await page.goto(pages.call_url(server.base_url, booking.session.id, booking.psychologist_token))
+    await pages.wait_phase(page, "connected")
+    bot = CallClient(server.base_url, booking.client_token, e2ee=True)
+    try:
+        await bot.connect()
+        await bot.join(await _room_id(storage, booking))
+        await bot.publish(PatternVideoTrack(source_id=5), ToneAudioTrack(source_id=5))
+        state = await e2ee.wait_e2ee(page, "s.mode === 'e2ee' && s.code")
+        assert bot.e2ee is not None and bot.e2ee.mode == "e2ee"
+        assert state["code"] == bot.e2ee.code
+        await pages.wait_frames_rising(page, 15)  # the page decodes the bot's frames
+        stats = (await e2ee.wait_e2ee(page, "s.frames && s.frames.decrypted > 30"))["frames"]
+        assert stats["passedClear"] == 0, stats
+        await bot.wait_until(lambda: bool(bot.video_probes), "the page's video", 20)
+        probe = next(iter(bot.video_probes.values()))
+        await probe.wait_for_frames(30, 20)
+        assert probe.last_frame is not None
+        rgb = probe.last_frame.to_ndarray(format="rgb24").reshape(-1, 3).mean(axis=0)
+        assert pages.colour_name([round(float(x)) for x in rgb]) == "blue"
+        assert bot.e2ee.cipher.stats.decrypted > 30 and bot.e2ee.cipher.stats.passed_clear == 0
+    finally:
+        await bot.close()

@@ -225,6 +225,26 @@ async def test_short_call_report_is_complete_and_plausible(relay_url: str, tmp_p
     assert (plots / "bitrate.png").stat().st_size > 1000
 
 
+async def test_an_e2ee_call_is_decoded_through_the_frame_cipher(
+    relay_url: str, tmp_path: Path
+) -> None:
+    report_path = tmp_path / "report.json"
+    code, out, err = await run_synth(
+        relay_url, "--jwt-secret", TEST_JWT_SECRET, "--duration", "3", "--warmup", "1",
+        "--resolution", "320x240", "--json", str(report_path), "--no-progress", "--e2ee",
+    )  # fmt: skip
+    assert code == 0, (out, err)
+    (call,) = json.loads(report_path.read_text())["calls"]
+    assert len(call["streams"]) == 2
+    for stream in call["streams"]:
+        assert stream["video"]["frames_decoded"] > 0 and stream["video"]["intact_pct"] > 50
+        cipher = stream["e2ee"]
+        assert cipher["mode"] == "e2ee" and cipher["decrypted"] > 0, cipher
+        assert cipher["passed_clear"] == 0, cipher  # nothing played in the clear
+        # only the first frames, sent before the key exchange reached the receiver, are lost
+        assert cipher["undecryptable"] < cipher["decrypted"] / 4, cipher
+
+
 async def test_cheap_calls_in_worker_processes_behind_lossy_link(
     relay_url: str, tmp_path: Path
 ) -> None:

@@ -17,13 +17,21 @@ export const CONNECTION_PHASES = new Set(["connecting", "connected", "reconnecti
 
 const JOIN_EARLY_MINUTES = 15;
 const RECHECK_MS = 30000;
-const RECONNECT_BACKOFF_MS = [500, 1000, 2000, 4000, 8000, 15000, 20000];
+// Retries come quickly while the relay holds our seat (SEAT_GRACE_SECONDS, 60 s by default):
+// a dead link makes each attempt fail fast (signaling.js' open timeout), so a fresh one is
+// under way within a second of the link returning. Later, the back-off spaces them out.
+const RECONNECT_BACKOFF_MS = [0, 250, 500, ...Array(55).fill(1000), 2000, 4000, 8000, 15000, 20000];
 const RECONNECT_GIVE_UP_MS = 120000;
 const ICE_DISCONNECTED_GRACE_MS = 3000;
 // Nothing at all received from participants who say they are sending, while ICE claims to be
 // connected (e.g. the browser switched to another network path the relay doesn't follow).
 const MEDIA_STALL_MS = 12000;
 const MEDIA_STALL_MIN_INTERVAL_MS = 60000;
+// The relay answers our publisher with RTCP every second (receiver reports, REMB) and sends our
+// subscriber sender reports: nothing at all arriving on either connection for this long while
+// we publish means the link to the relay is dead, whatever ICE says (its consent takes ~30 s).
+const RELAY_SILENCE_MS = 2000;
+const RELAY_WATCH_MS = 500;
 const PUBLISHER_CONNECT_TIMEOUT_MS = 15000;
 
 export const ROLE_LABELS = { client: "Client", psychologist: "Psychologist", admin: "Admin" };
@@ -93,6 +101,8 @@ export class CallSession extends Emitter {
       this.emit("quality", q);
     });
     this._inbound = { packets: -1, since: 0 };
+    this._relayBytes = { bytes: -1, since: 0, rising: false };
+    this._relayWatch = null;
     this._lastStallReconnect = 0;
     this.media.on("change", () => this._onLocalMediaChange());
     this.media.on("video-track", (track) => void this.publisher?.setVideoTrack(track));
@@ -225,7 +235,28 @@ export class CallSession extends Emitter {
     this._setPhase("connected");
     this._announce(isReconnect ? "Reconnected." : "You are in the call.");
     this.quality.start();
+    this._watchRelayLink(generation);
     this._maybeStartCall();
+  }
+
+  /** Reconnect when nothing at all (RTP, RTCP, STUN) arrives from the relay for 2 s. */
+  _watchRelayLink(generation) {
+    clearInterval(this._relayWatch);
+    this._relayBytes = { bytes: -1, since: Date.now(), rising: false };
+    this._relayWatch = setInterval(async () => {
+      if (generation !== this._generation || this.phase !== "connected") return;
+      const bytes = await bytesFromRelay([this.publisher?.pc, this.subscriber?.pc]);
+      if (generation !== this._generation || bytes == null) return;
+      const now = Date.now();
+      const seen = this._relayBytes;
+      if (bytes !== seen.bytes) {
+        // armed once the relay has been heard twice: a connection still starting says nothing
+        this._relayBytes = { bytes, since: now, rising: seen.bytes >= 0 };
+      } else if (seen.rising && now - seen.since >= RELAY_SILENCE_MS) {
+        this._relayBytes = { bytes: -1, since: now, rising: false };
+        void this._reconnect("nothing received from the relay");
+      }
+    }, RELAY_WATCH_MS);
   }
 
   /** The connection's key exchange (a new key pair per connection); null when the policy is off. */
@@ -264,16 +295,36 @@ export class CallSession extends Emitter {
     const current = () => generation === this._generation && this.signaling === signaling;
     signaling.on("user-joined", (p) => {
       if (!current()) return;
+      // A participant taking back its held seat (a reconnect) replaces its old entry.
+      const back = p.previousSocketId ? this.participants.get(p.previousSocketId) : null;
+      if (p.previousSocketId) {
+        this.participants.delete(p.previousSocketId);
+        this.e2ee?.peerLeft(p.previousSocketId);
+      }
       this._addParticipant(p);
       this._emitParticipants();
       this.e2ee?.peerJoined(p);
-      this._announce(`${displayName(this.participants.get(p.socketId))} joined the call.`);
+      const name = displayName(this.participants.get(p.socketId));
+      this._announce(back ? `${name} is back.` : `${name} joined the call.`);
       this._maybeStartCall();
+    });
+    signaling.on("user-reconnecting", ({ socketId }) => {
+      // Their connection dropped; the relay holds their seat (user-left follows if they don't return).
+      if (!current()) return;
+      const p = this.participants.get(socketId);
+      if (!p) return;
+      p.reconnecting = true;
+      p.tracks = { audio: null, video: null };
+      this._emitParticipants();
+      this._log.push({ at: Date.now(), event: "peer-reconnecting", socketId });
+      this._announce(`${displayName(p)} is reconnecting…`);
+      this.emit("notice", { kind: "info", text: `${displayName(p)} is reconnecting…` });
     });
     signaling.on("user-left", ({ socketId, reason }) => {
       if (!current()) return;
       const p = this.participants.get(socketId);
       if (!p) return;
+      this._log.push({ at: Date.now(), event: "peer-left", socketId, reason });
       this.participants.delete(socketId);
       this._emitParticipants();
       this.e2ee?.peerLeft(socketId);
@@ -620,6 +671,8 @@ export class CallSession extends Emitter {
 
   _teardownConnections() {
     this._generation += 1;
+    clearInterval(this._relayWatch);
+    this._relayWatch = null;
     for (const timer of this._disconnectTimers.values()) clearTimeout(timer);
     this._disconnectTimers.clear();
     this.quality.stop();
@@ -715,6 +768,27 @@ export class CallSession extends Emitter {
   get log() {
     return [...this._log];
   }
+}
+
+/** Bytes received on the connections' transports (RTP, RTCP and STUN from the relay). */
+async function bytesFromRelay(pcs) {
+  let total = 0;
+  let found = false;
+  for (const pc of pcs) {
+    if (!pc || pc.connectionState === "closed") continue;
+    try {
+      const report = await pc.getStats();
+      report.forEach((s) => {
+        if (s.type === "transport" && typeof s.bytesReceived === "number") {
+          total += s.bytesReceived;
+          found = true;
+        }
+      });
+    } catch {
+      return null;
+    }
+  }
+  return found ? total : null;
 }
 
 function parseDate(value) {

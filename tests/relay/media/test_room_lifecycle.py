@@ -97,6 +97,7 @@ async def test_reload_replaces_the_old_connection_without_renegotiating(
 async def test_leaving_frees_the_tracks_and_the_last_one_out_closes_the_room(
     booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
+    relay.settings = dataclasses.replace(relay.settings, seat_grace=1.0)
     booking, room_id = booked_room
     stayer, leaver = await connected_pair(
         make_client, room_id, booking.client_token, booking.psychologist_token
@@ -110,7 +111,7 @@ async def test_leaving_frees_the_tracks_and_the_last_one_out_closes_the_room(
     assert {t["socketId"] for t in tracks["data"]["tracks"]} == {None}
     assert relay.active_participants() == 1
 
-    await stayer.close()  # a closed socket counts as leaving
+    await stayer.close()  # a closed socket keeps its seat for the grace, then leaves
     await stayer.wait_until(lambda: room_id not in relay.rooms, "the room to close", timeout=30)
 
 
@@ -142,6 +143,7 @@ def _own_threads() -> int:
 async def test_churn_leaks_no_rooms_tasks_sockets_or_threads(
     booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
+    relay.settings = dataclasses.replace(relay.settings, seat_grace=0.0)  # closed: gone at once
     booking, room_id = booked_room
 
     async def one_call() -> None:
@@ -219,7 +221,7 @@ def _drop_udp_from(ports: set[int]) -> None:
 async def test_a_client_that_falls_silent_is_dropped(
     booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
-    relay.settings = dataclasses.replace(relay.settings, silence_timeout=2.0)
+    relay.settings = dataclasses.replace(relay.settings, silence_timeout=2.0, seat_grace=0.0)
     booking, room_id = booked_room
     stayer, vanisher = await connected_pair(
         make_client, room_id, booking.client_token, booking.psychologist_token
@@ -245,6 +247,8 @@ async def test_a_client_that_falls_silent_is_dropped(
 async def test_a_closed_socket_is_told_to_the_others_as_disconnected(
     booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
+    """Without a seat grace (SEAT_GRACE_SECONDS=0); with one, see test_seat_grace.py."""
+    relay.settings = dataclasses.replace(relay.settings, seat_grace=0.0)
     booking, room_id = booked_room
     stayer, leaver = await connected_pair(
         make_client, room_id, booking.client_token, booking.psychologist_token
@@ -264,7 +268,9 @@ async def test_a_media_connection_that_cannot_connect_is_told_as_ice_failed(
     booked_room: tuple[Booking, str], make_client: ClientMaker, relay: Relay
 ) -> None:
     """A client that offers no usable candidate (relay-only, without a TURN server: what a
-    network blocking UDP leaves): the relay's ICE fails and the others get `ice-failed`."""
+    network blocking UDP leaves): the relay's ICE fails and the others get `ice-failed` (without
+    a seat grace: with one they get `user-reconnecting`, test_seat_grace.py)."""
+    relay.settings = dataclasses.replace(relay.settings, seat_grace=0.0)
     booking, room_id = booked_room
     stayer = await make_client(booking.client_token)
     await join_and_publish(stayer, room_id, source_id=1)
@@ -312,7 +318,7 @@ async def test_a_link_cut_after_connecting_is_told_as_ice_failed(
 ) -> None:
     """aiortc closes the relay's connections (state `closed`, not `failed`) when ICE consent
     lapses: that is a failure, told as `ice-failed` before any silence timeout would fire."""
-    relay.settings = dataclasses.replace(relay.settings, silence_timeout=600.0)
+    relay.settings = dataclasses.replace(relay.settings, silence_timeout=600.0, seat_grace=0.0)
     booking, room_id = booked_room
     stayer, vanisher = await connected_pair(
         make_client, room_id, booking.client_token, booking.psychologist_token

@@ -31,7 +31,10 @@ export class ParticipantList {
       this.list.append(
         h(
           "li",
-          { class: "participant", dataset: { socketId: p.socketId ?? "", role: p.isLocal ? local.role ?? "" : p.userRole ?? "" } },
+          {
+            class: "participant",
+            dataset: { socketId: p.socketId ?? "", role: p.isLocal ? local.role ?? "" : p.userRole ?? "", reconnecting: p.reconnecting ? "true" : "false" },
+          },
           h("span", { class: "avatar", "aria-hidden": "true" }, initials(name)),
           h(
             "span",
@@ -42,7 +45,7 @@ export class ParticipantList {
               h("span", { class: "name-text", text: name }),
               p.isLocal ? h("span", { class: "you", text: "(you)" }) : null,
             ),
-            h("span", { class: "participant-role", text: role }),
+            h("span", { class: "participant-role", text: p.reconnecting ? `${role} · reconnecting…` : role }),
           ),
           h(
             "span",
