@@ -163,9 +163,16 @@ async def test_a_weak_chromium_stops_sending_its_video_when_asked_and_sends_it_a
                 )
 
             namespace.reshape(100)
-            await eventually(
-                lambda: told("video-paused", "weak-connection"), "the browser's video paused", 60
-            )
+            try:
+                await eventually(
+                    lambda: told("video-paused", "weak-connection"),
+                    "the browser's video paused",
+                    60,
+                )
+            except AssertionError:
+                reconnects = await remote.run(page.evaluate("window.smilingCall.reconnects"))
+                log = await remote.run(page.evaluate("window.smilingCall.log"))
+                raise AssertionError(f"no pause; page reconnects={reconnects}, log={log}") from None
             await remote.run(notice.wait_for(state="visible", timeout=10_000))
             # the page stopped encoding: no new frames over 2 s (a measurement window)
             await asyncio.sleep(1.0)  # what was being encoded when the event came
