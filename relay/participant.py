@@ -170,6 +170,10 @@ class Participant:
         self._pending_subscriptions: list[Producer] = []
         self._awaiting_answer = False
         self._negotiation: asyncio.Task[None] | None = None
+        # Re-sends the subscriber offer while it is unanswered; answers still due to copies.
+        self._offer_watch: asyncio.Task[None] | None = None
+        self._spare_answers = 0
+        self._told_tracks: list[TrackInfo] | None = None  # the track map the client last got
         # Remote candidates (trickled or in an SDP) per connection, as (transport, host, port).
         self._remote_candidates: dict[str, set[tuple[str, str, int]]] = {
             "publisher": set(),
@@ -224,7 +228,9 @@ class Participant:
             dtls = _aiortc.dtls_transport_of(pc)
             if dtls is None:
                 return []
-            transport = self._publisher_transport = MediaTransport(dtls, self._media_path_failed)
+            transport = self._publisher_transport = MediaTransport(
+                dtls, self._media_path_failed, batched=self._settings.batched_receive
+            )
             transport.on_rtp = self._route_publisher_rtp
             transport.on_rtcp = self._on_publisher_rtcp
         by_mid = {t.mid: t for t in pc.getTransceivers()}
@@ -312,7 +318,7 @@ class Participant:
             return
         slot.forwarder.attach(producer)
         slot.last_user_id = owner.user_id
-        self.listener.tracks_changed(self.track_map())
+        self._tell_tracks()
 
     def _idle_slot_for(self, producer: Producer, user_id: str) -> Slot | None:
         fitting = [
@@ -335,7 +341,15 @@ class Participant:
         if producer in self._pending_subscriptions:
             self._pending_subscriptions.remove(producer)
         if changed and not self.closed:
-            self.listener.tracks_changed(self.track_map())
+            self._tell_tracks()
+
+    def _tell_tracks(self) -> None:
+        """Send the track map if it changed since the client last got it (a leaving
+        publisher's tracks are detached one by one, but its owner is gone from the first)."""
+        tracks = self.track_map()
+        if tracks != self._told_tracks:
+            self._told_tracks = tracks
+            self.listener.tracks_changed(tracks)
 
     def track_map(self) -> list[TrackInfo]:
         tracks = []
@@ -383,7 +397,40 @@ class Participant:
             self.listener.negotiation_failed(f"the relay could not offer the others' media: {exc}")
             return
         if not self.closed:
-            self.listener.subscriber_offer(pc.localDescription.sdp, self.track_map())
+            self._send_offer(pc.localDescription.sdp)
+            if self._offer_watch is not None:
+                self._offer_watch.cancel()
+            self._spare_answers = 0
+            self._offer_watch = asyncio.create_task(
+                self._resend_unanswered(pc.localDescription.sdp)
+            )
+
+    def _send_offer(self, sdp: str) -> None:
+        self._told_tracks = self.track_map()
+        self.listener.subscriber_offer(sdp, self._told_tracks)
+
+    async def _resend_unanswered(self, sdp: str) -> None:
+        """Send an unanswered subscriber offer again (lost, or dropped by a client not ready
+        for it), a few times; then tell the client the negotiation failed."""
+        settings = self._settings
+        for attempt in range(settings.offer_resends + 1):
+            await asyncio.sleep(settings.offer_timeout)
+            if not self._awaiting_answer or self.closed:
+                return
+            if attempt == settings.offer_resends:
+                break
+            logger.info(
+                "%s did not answer its subscriber offer in %g s; sending it again",
+                self.socket_id,
+                settings.offer_timeout,
+                extra={"connection_id": self.socket_id},
+            )
+            self._spare_answers += 1
+            self._send_offer(sdp)
+        self.listener.negotiation_failed(
+            f"the subscriber offer was not answered (sent {settings.offer_resends + 1} times, "
+            f"{settings.offer_timeout:g} s apart); join again"
+        )
 
     def _add_slot(self, pc: RTCPeerConnection, producer: Producer) -> None:
         transceiver = pc.addTransceiver(IdleTrack(producer.kind), direction="sendonly")
@@ -408,6 +455,9 @@ class Participant:
 
     async def handle_subscriber_answer(self, sdp: str) -> None:
         pc = self._subscriber_pc
+        if pc is not None and not self._awaiting_answer and self._spare_answers > 0:
+            self._spare_answers -= 1  # the answer to a copy of an offer already answered
+            return
         if pc is None or not self._awaiting_answer:
             raise NegotiationError("there is no subscriber offer waiting for an answer")
         answered = {s.mid: s for s in parse_sections(sdp)}
@@ -428,7 +478,9 @@ class Participant:
             dtls = _aiortc.dtls_transport_of(pc)
             if dtls is None:
                 return
-            transport = self._subscriber_transport = MediaTransport(dtls, self._media_path_failed)
+            transport = self._subscriber_transport = MediaTransport(
+                dtls, self._media_path_failed, batched=self._settings.batched_receive
+            )
             transport.on_rtcp = self._on_subscriber_rtcp
         for slot in self.slots:
             mid = slot.transceiver.mid
@@ -729,8 +781,9 @@ class Participant:
         for transport in (self._publisher_transport, self._subscriber_transport):
             if transport is not None:
                 transport.detach()
-        if self._negotiation is not None and not self._negotiation.done():
-            self._negotiation.cancel()
+        for task in (self._negotiation, self._offer_watch):
+            if task is not None and not task.done():
+                task.cancel()
         for pc in (self._publisher_pc, self._subscriber_pc):
             if pc is not None:
                 await _close_quietly(pc)

@@ -33,6 +33,13 @@ class RelaySettings:
     # (relay/candidates.py), and how many one peer connection may trickle.
     peer_policy: PeerPolicy = field(default_factory=PeerPolicy)
     max_remote_candidates: int = 50
+    # A subscriber offer the client has not answered after `offer_timeout` seconds is sent
+    # again, `offer_resends` times; then the client is told NEGOTIATION_FAILED.
+    offer_timeout: float = 3.0
+    offer_resends: int = 3
+    # Read the ICE sockets in batches, one readiness event draining each (relay/_aiortc/reader.py);
+    # False keeps asyncio's one-datagram-per-iteration transport (also the automatic fallback).
+    batched_receive: bool = True
     # Audio first (relay/adaptation.py): pause video on a link whose estimate is too low for it.
     audio_first: bool = True
     video_gate: GateSettings = field(default_factory=GateSettings)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,9 @@ class Relay:
         self.settings = settings or RelaySettings()
         self.stats = RelayStats()
         self.rooms: dict[str, Room] = {}
-        self.clock = asyncio.get_running_loop().time
+        # asyncio's loop.time() is time.monotonic() behind a Python-level call (read per packet),
+        # and another loop's (uvloop) may have millisecond resolution: the C function directly.
+        self.clock = time.monotonic
         self._call_closed_listeners: list[CallClosedListener] = []
 
     def room(self, room_id: str) -> Room:

@@ -130,6 +130,9 @@ class SignalingConnection:
         self._errors = 0
         # Events to send, a {"close": code} item, or a bridged frame's text as received.
         self._outbox: asyncio.Queue[dict[str, Any] | str | None] = asyncio.Queue()
+        # While a join is being audited, the room's events for us wait here: `room-joined`
+        # goes first (a client drops a subscriber offer of a room it has not joined yet).
+        self._held: list[dict[str, Any]] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._messages = TokenBucket(limits.messages_per_second, limits.message_burst)
         self._sessions = sessions or Occupancy(limits.max_sessions_per_user)
@@ -310,7 +313,9 @@ class SignalingConnection:
         if event == "ping":
             self._send("pong", {})
         elif event == "authenticate":
-            raise ProtocolError("VALIDATION_ERROR", "this connection is already authenticated")
+            raise ProtocolError(
+                "VALIDATION_ERROR", "this connection is already authenticated", {"event": event}
+            )
         elif event == "join-room":
             await self._join(
                 protocol.require_str(data, event, "roomId", protocol.MAX_ROOM_ID_CHARS)
@@ -327,7 +332,11 @@ class SignalingConnection:
         if event == "offer":
             protocol.require_target(data, event, "publisher")
             if data.get("target", "publisher") != "publisher":
-                raise ProtocolError("VALIDATION_ERROR", "only the publisher connection is offered")
+                raise ProtocolError(
+                    "VALIDATION_ERROR",
+                    "only the publisher connection is offered",
+                    {"event": event, "field": "target"},
+                )
             sdp = protocol.session_description(data, event, "offer", "offer")
             answer = await participant.handle_publisher_offer(sdp)
             self._send(
@@ -341,7 +350,9 @@ class SignalingConnection:
         elif event == "answer":
             if protocol.require_target(data, event, "subscriber") != "subscriber":
                 raise ProtocolError(
-                    "VALIDATION_ERROR", "only the subscriber connection is answered"
+                    "VALIDATION_ERROR",
+                    "only the subscriber connection is answered",
+                    {"event": event, "field": "target"},
                 )
             sdp = protocol.session_description(data, event, "answer", "answer")
             await participant.handle_subscriber_answer(sdp)
@@ -391,6 +402,8 @@ class SignalingConnection:
             socket_id=self.socket_id,
         )
 
+        listed: list[dict[str, Any]] = []
+
         async def take_seat(seat: Seat) -> tuple[Room, Participant]:
             info = ParticipantInfo(
                 socket_id=self.socket_id,
@@ -398,17 +411,32 @@ class SignalingConnection:
                 user_name=seat.user_name,
                 role=seat.role,
             )
+            self._held = []
             try:
                 room, participant = await self._enter(room_id, info)
             except RoomFull as exc:
                 raise RoomIsFull(str(exc), exc.limit) from None
+            # Taken with the seat (no await between): whoever joins or leaves from now on is
+            # told by an event, held until `room-joined` is sent.
+            listed.extend(
+                protocol.participant_json(p)
+                for p in room.participants.values()
+                if p is not participant
+            )
             # Before the service audits the join: the relay may already talk to us meanwhile.
             self.room, self.participant = room, participant
             CALL_ID.set(room_id)
             return room, participant
 
-        joined = await self.service.join_room(identity, room_id, origin, take_seat)
-        room, participant = joined.seated
+        try:
+            joined = await self.service.join_room(identity, room_id, origin, take_seat)
+        except Exception:
+            # Refused (or the audit failed after seating): nothing of the room reaches the
+            # client, and a seat taken is given back.
+            self._held = None
+            await asyncio.shield(self._leave(LeaveReason.LEFT))
+            raise
+        held, self._held = self._held or [], None
         self._send(
             "room-joined",
             {
@@ -417,13 +445,11 @@ class SignalingConnection:
                 "socketId": self.socket_id,
                 "protocolVersion": protocol.PROTOCOL_VERSION,
                 "maxParticipants": self.relay.settings.max_participants,
-                "participants": [
-                    protocol.participant_json(p)
-                    for p in room.participants.values()
-                    if p is not participant
-                ],
+                "participants": listed,
             },
         )
+        for item in held:
+            self._outbox.put_nowait(item)
 
     async def _reconnect_allowed(self, identity: Identity, room_id: str) -> bool:
         """A connection over the user's budget joins only to take back its seat (a reconnect);
@@ -574,25 +600,31 @@ class SignalingConnection:
         if reason is LeaveReason.CALL_ENDED:
             room_id = room.room_id if room is not None else None
             self._send("call-ended", protocol.call_ended_json(room_id, self.call_ended))
-            self._outbox.put_nowait({"close": CLOSE_ENDED})
+            self._put({"close": CLOSE_ENDED})
             return
         code, message = protocol.CLOSED_BY_RELAY.get(reason, protocol.CLOSED_BY_RELAY_DEFAULT)
         self._send_error(code, message, {"reason": str(reason)})
         replaced = reason is LeaveReason.REPLACED
-        self._outbox.put_nowait({"close": CLOSE_REPLACED if replaced else CLOSE_ENDED})
+        self._put({"close": CLOSE_REPLACED if replaced else CLOSE_ENDED})
 
     def negotiation_failed(self, message: str) -> None:
-        self._send_error("NEGOTIATION_FAILED", message, {"target": "subscriber"})
+        self._send_error("NEGOTIATION_FAILED", message, {"target": "subscriber", "reason": message})
 
     # -- sending ------------------------------------------------------------------------------
 
     def _send(self, event: str, data: dict[str, Any]) -> None:
         self.observer.ws_message(event, "out")
-        self._outbox.put_nowait(protocol.outbound(event, data))
+        self._put(protocol.outbound(event, data))
 
     def _send_error(self, code: str, message: str, details: dict[str, Any] | None = None) -> None:
         self.observer.ws_error(code)
-        self._outbox.put_nowait(protocol.error_event(code, message, details))
+        self._put(protocol.error_event(code, message, details))
+
+    def _put(self, item: dict[str, Any]) -> None:
+        if self._held is not None:
+            self._held.append(item)
+        else:
+            self._outbox.put_nowait(item)
 
     async def _write_loop(self) -> None:
         while (item := await self._outbox.get()) is not None:
@@ -610,7 +642,7 @@ class SignalingConnection:
 
     async def _close(self, code: int) -> None:
         self._closed_on_purpose = True
-        self._outbox.put_nowait({"close": code})
+        self._put({"close": code})
 
 
 async def end_call(relay: Relay, ended: CallEnded) -> None:

@@ -29,14 +29,16 @@ CLIENT_EVENTS = (
     "ping",
     "e2ee-key",
 )
+# The relay never trickles: aiortc gathers its candidates before it makes a description, so
+# every candidate of the relay is in its offers and answers (there is no server `ice-candidate`).
 SERVER_EVENTS = (
     "authenticated",
     "room-joined",
     "user-joined",
+    "user-reconnecting",
     "user-left",
     "offer",
     "answer",
-    "ice-candidate",
     "tracks",
     "media-state",
     "video-paused",
@@ -200,7 +202,9 @@ CLOSED_BY_RELAY_DEFAULT = ("CALL_ENDED", "the relay ended the call")
 
 
 def iso_timestamp(wall: float) -> str:
-    return datetime.fromtimestamp(wall, UTC).isoformat().replace("+00:00", "Z")
+    """ISO 8601 UTC with milliseconds and `Z`, as the REST API's times (docs/api.md)."""
+    stamp = datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 def track_json(track: TrackInfo) -> dict[str, Any]:

@@ -13,7 +13,7 @@ conftest.py; everything here is generic so they can build on it:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from itertools import count
 from pathlib import Path
@@ -43,11 +43,23 @@ from tests.helpers import (
     UserFactory,
 )
 from tests.helpers import auth_headers as auth_headers_fn
+from tests.protocol_traffic import Traffic, watch
 
 __all__ = ["TEST_JWT_SECRET", "Booking", "FakeClock"]
 
 # In CI a skip for a missing integration component fails the run (tests/require_integration.py).
 pytest_plugins = ["tests.require_integration"]
+
+
+@pytest.fixture(autouse=True)
+def signaling_traffic(monkeypatch: pytest.MonkeyPatch) -> Iterator[Traffic]:
+    """Every signaling frame of the test is checked against docs/signaling.schema.json
+    (tests/protocol_traffic.py); a mismatch fails the test."""
+    traffic = watch(monkeypatch)
+    yield traffic
+    assert not traffic.mismatches, "signaling traffic off the schema:\n" + "\n".join(
+        traffic.mismatches[:20]
+    )
 
 
 @pytest.fixture

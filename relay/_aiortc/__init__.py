@@ -6,6 +6,7 @@ Nothing outside `relay/_aiortc/` names an aiortc or aioice private attribute: th
 and the QA tool (`synth/`) use the functions exported here.
 
     transport.py  MediaTransport: SRTP in and out straight from the ICE socket callback
+    reader.py     batched reads of the ICE sockets (one readiness event drains a socket)
     gathering.py  host-candidate gathering: bind addresses, UDP port range, announced address
     hooks.py      SSRCs, decoder threads, idle senders, keyframe flags, receive taps
     frames.py     the encoded-frame layer (the QA tool's end-to-end encryption)

@@ -4,9 +4,12 @@ aiortc terminates ICE, DTLS and SRTP for us, but its media path decodes every re
 encodes every sent one, through several layers of coroutines and queues per packet. The relay
 keeps aiortc for connection setup and takes over the media path below it:
 
-* inbound: the ICE connection's `data_received` is replaced, so SRTP/SRTCP datagrams are decrypted
-  and handed to the relay synchronously, without aiortc's receive queue, parser and jitter buffer
-  (DTLS and STUN still go to aiortc);
+* inbound: the ICE sockets are read in batches (`reader.py`: one readiness event drains the
+  socket), SRTP/SRTCP datagrams are decrypted and handed to the relay synchronously, without
+  aioice's STUN-first parse and aiortc's receive queue, parser and jitter buffer (DTLS and STUN
+  still go to aioice and aiortc). Where the batched reader cannot be installed (another event
+  loop, a TURN relay) or is turned off (`batched=False`), aioice's protocol stays the reader and
+  media datagrams are taken from it before its STUN parse;
 * outbound: packets are SRTP-protected and written straight to the nominated candidate pair's
   datagram transport;
 * aiortc's own RTCP (sender reports from idle senders) is discarded, because the relay writes
@@ -23,13 +26,15 @@ loudly when these internals are not where this module expects them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from pylibsrtp import Error as SrtpError
+
+from relay._aiortc import reader
 
 RtpHandler = Callable[[bytes, float], None]
 RtcpHandler = Callable[[bytes], None]
@@ -61,6 +66,7 @@ class MediaTransport:
         "_now",
         "_on_error",
         "_original_data_received",
+        "batched_sockets",
         "created_at",
         "dtls",
         "last_rtcp_at",
@@ -69,7 +75,11 @@ class MediaTransport:
     )
 
     def __init__(
-        self, dtls: RTCDtlsTransport, on_error: ErrorHandler = log_media_path_error
+        self,
+        dtls: RTCDtlsTransport,
+        on_error: ErrorHandler = log_media_path_error,
+        *,
+        batched: bool = True,
     ) -> None:
         self.dtls = dtls
         self._on_error = on_error
@@ -77,12 +87,16 @@ class MediaTransport:
         self.on_rtp: RtpHandler | None = None
         self.on_rtcp: RtcpHandler | None = None
         self.last_rtcp_at: float | None = None  # a live client sends RTCP every second or so
-        self._now = asyncio.get_running_loop().time
+        self._now = time.monotonic  # the relay's clock (relay/sfu.py), read once per batch
         self.created_at = self._now()
         self._original_data_received = self._connection.data_received
         self._connection.data_received = self._data_received  # type: ignore[method-assign]
+        self.batched_sockets = 0  # sockets read by the batched reader (the others: tapped)
         for protocol in self._connection._protocols:
-            self._tap(protocol)
+            if batched and reader.install(protocol, self._media_received, on_error, self._now):
+                self.batched_sockets += 1
+            else:
+                self._tap(protocol)
         # aiortc's idle senders must not send their own (empty) sender reports
         dtls._send_rtp = _discard  # type: ignore[method-assign]
 
@@ -109,21 +123,26 @@ class MediaTransport:
     def _tap(self, protocol: Any) -> None:
         """Hand media datagrams over before aioice tries (and fails) to parse them as STUN."""
         original = protocol.datagram_received
-        data_received = self._data_received
+        media_received, now = self._media_received, self._now
 
         def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
             if data and 127 < data[0] < 192:  # RTP/RTCP; STUN starts with 0 or 1
-                data_received(data, 1)
+                media_received(data, now())
             else:
                 original(data, addr)
 
         protocol.datagram_received = datagram_received
 
     def _data_received(self, data: bytes, component: int) -> None:
-        first = data[0] if data else 0
+        if data and 127 < data[0] < 192:
+            self._media_received(data, self._now())
+        else:
+            self._original_data_received(data, component)
+
+    def _media_received(self, data: bytes, arrival: float) -> None:
+        """One RTP/RTCP datagram (first byte 128..191), received at `arrival`."""
         srtp = self.dtls._rx_srtp
-        if 127 < first < 192 and srtp is not None:
-            arrival = self._now()
+        if srtp is not None:
             # Two `try` blocks, free in CPython 3.11 until something raises: a bad datagram is
             # dropped without a word, a bug in the handlers is reported and the socket lives on.
             try:
@@ -141,7 +160,7 @@ class MediaTransport:
             except Exception:
                 self._on_error()
             return
-        self._original_data_received(data, component)
+        self._original_data_received(data, 1)  # no keys yet: aiortc's own path, as before
 
     def detach(self) -> None:
         self.on_rtp = None

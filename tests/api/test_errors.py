@@ -135,3 +135,25 @@ async def test_cors(make_client: MakeClient, admin_token: str) -> None:
         headers={"Origin": "https://evil.example", **auth_headers(admin_token)},
     )
     assert "Access-Control-Allow-Origin" not in other.headers
+
+
+async def test_without_cors_origin_a_foreign_pages_preflight_fails(
+    client: Client, admin_token: str
+) -> None:
+    """As docs/api.md says: no CORS_ORIGIN, no CORS at all (a 405 to the preflight, no CORS
+    headers on the request itself), so only the server's own page can call the API."""
+    preflight = {
+        "Origin": "https://app.example.org",
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "x-auth-token",
+    }
+    pre = await client.options("/api/video-calls/config", headers=preflight)
+    assert pre.status == 405
+    assert (await pre.json())["success"] is False
+    assert "Access-Control-Allow-Origin" not in pre.headers
+    real = await client.get(
+        "/api/video-calls/config",
+        headers={"Origin": "https://app.example.org", **auth_headers(admin_token)},
+    )
+    assert real.status == 200
+    assert "Access-Control-Allow-Origin" not in real.headers

@@ -4,6 +4,7 @@ fleet's view through the admin API, worker processes by node id."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,7 +75,16 @@ class Call:
         await asyncio.gather(hears(a, b, self.sources[1]), hears(b, a, self.sources[0]))
 
     async def close(self) -> None:
-        await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+        """Hang up as the browser client does (`leave-room`: the seat is not held for a
+        reconnect), then close; a participant whose socket is gone just closes."""
+
+        async def hang_up(client: CallClient) -> None:
+            if client.closed_code is None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.leave(), 5)
+            await client.close()
+
+        await asyncio.gather(*(hang_up(c) for c in self.clients), return_exceptions=True)
         self.clients = []
 
 

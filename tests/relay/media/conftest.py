@@ -63,8 +63,10 @@ async def booked_room(booking_factory: BookingFactory, storage: Storage) -> tupl
 async def make_client(server: TestServer) -> AsyncIterator[ClientMaker]:
     clients: list[CallClient] = []
 
-    async def factory(token: str, **kwargs: object) -> CallClient:
-        client = CallClient(str(server.make_url("")), token, **kwargs)  # type: ignore[arg-type]
+    async def factory(
+        token: str, client_class: type[CallClient] = CallClient, **kwargs: object
+    ) -> CallClient:
+        client = client_class(str(server.make_url("")), token, **kwargs)  # type: ignore[arg-type]
         clients.append(client)
         await client.connect()
         return client
