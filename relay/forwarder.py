@@ -79,6 +79,15 @@ class Forwarder:
         self._first_byte = 0x80
         self._needs_rebase = True
         self._needs_keyframe = kind == "video"
+        # Audio first (relay/adaptation.py): the subscriber's link cannot carry this video now.
+        # Checked only inside the `_needs_rebase` branch, which a pause enters: no cost per
+        # packet while the stream flows.
+        self._paused = False
+        # While paused or on probation, the subscriber's REMB does not hold the publisher back;
+        # nor does one below `remb_floor` (audio first: such a link gets no video, not a
+        # publisher slowed down for everyone).
+        self._remb_counts = True
+        self.remb_floor = 0
         # Whether the keyframe request of "the sink is ready now" went out (see `forward`).
         self._asked_when_ready = False
         self._seq_offset = 0
@@ -96,7 +105,12 @@ class Forwarder:
 
     @property
     def remb_bps(self) -> int | None:
-        return self.stats.remb_bps
+        bps = self.stats.remb_bps
+        return bps if self._remb_counts and bps is not None and bps >= self.remb_floor else None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def start(self, sink: PacketSink, parameters: SendParameters) -> None:
         """Called once the subscriber's answer is applied: from now on packets can flow."""
@@ -145,6 +159,31 @@ class Forwarder:
         self.stats.remb_bps = None  # before removal: the producer recomputes REMB without it
         producer.remove_forwarder(self)
 
+    # -- audio first ---------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop sending this stream to the subscriber (its link is too weak for it)."""
+        if self._paused:
+            return
+        self._paused = True
+        self._needs_rebase = True  # the branch `forward` checks the pause in
+        self._remb_counts = False
+        if self.producer is not None:
+            self.producer.update_bandwidth()
+
+    def resume(self, *, probing: bool = False) -> None:
+        """Send again, starting on a keyframe; `probing`: on probation, the subscriber's stale
+        REMB is forgotten and fresh ones do not yet hold the publisher back."""
+        if self._paused:
+            self._paused = False
+            self._needs_rebase = True
+            self._needs_keyframe = self.kind == "video"
+            self._asked_when_ready = False
+            self.stats.remb_bps = None
+            if self.producer is not None:
+                self.producer.request_keyframe()
+        self._remb_counts = not probing
+
     # -- media path ---------------------------------------------------------------------------
 
     def forward(
@@ -152,6 +191,8 @@ class Forwarder:
     ) -> None:
         sink = self._sink
         if self._needs_rebase:
+            if self._paused:
+                return
             # readiness is checked only until the first packet goes out: afterwards a failed
             # send says the same, at no extra cost per packet
             if sink is None or not sink.ready:

@@ -34,6 +34,7 @@ from aiortc.rtp import (
 
 from relay import _aiortc
 from relay._aiortc import IdleTrack, MediaTransport
+from relay.adaptation import Direction, GateReason, GateState, Transition, VideoGate
 from relay.candidates import Candidate, CandidateError, Ignored, IpAddress, parse_candidate
 from relay.forwarder import Forwarder, SendParameters
 from relay.negotiation import (
@@ -89,6 +90,12 @@ class ParticipantOwner(Protocol):
         """Who the participant with this connection id is, while they are in the room."""
         ...
 
+    def video_changed(
+        self, participant: Participant, direction: Direction, paused: bool, reason: GateReason
+    ) -> None:
+        """Audio first paused or resumed a video of the participant: tell everyone in the room."""
+        ...
+
 
 class ParticipantListener(Protocol):
     """What the relay tells the participant's signaling connection. Calls must not block."""
@@ -101,6 +108,9 @@ class ParticipantListener(Protocol):
     def tracks_changed(self, tracks: list[TrackInfo]) -> None: ...
     def closed_by_relay(self, reason: LeaveReason) -> None: ...
     def negotiation_failed(self, message: str) -> None: ...
+    def video_changed(
+        self, subject: Participant, direction: Direction, paused: bool, reason: GateReason
+    ) -> None: ...
 
 
 @dataclass
@@ -173,6 +183,11 @@ class Participant:
         }
         self.candidates_ignored: dict[Ignored, int] = dict.fromkeys(Ignored, 0)
         self._host_addresses: tuple[str, ...] | None = None
+        # Audio first (relay/adaptation.py): this participant's downlink and uplink for video.
+        self.downlink_gate = VideoGate(settings.video_gate, clock)
+        self.uplink_gate = VideoGate(settings.video_gate, clock)
+        self._video_sent = 0  # video bytes forwarded to this participant, at the last tick
+        self._video_sent_at = clock()
 
     @property
     def socket_id(self) -> str:
@@ -433,6 +448,8 @@ class Participant:
             clock=self._clock,
             wall_clock=time.time,
         )
+        if self._settings.audio_first:
+            forwarder.remb_floor = self._settings.video_gate.pause_below_bps
         owner = self._owner.participant_info(producer.owner)
         forwarder.attach(producer)
         self.slots.append(
@@ -646,6 +663,9 @@ class Participant:
             )
         for producer in self.producers.values():
             producer.update_bandwidth(force=True)
+        if self._settings.audio_first:
+            self._gate_downlink()
+            self._gate_uplink()
         if self._subscriber_transport is not None:
             sender_reports = [
                 bytes(sr) for slot in self.slots if (sr := slot.forwarder.sender_report())
@@ -657,6 +677,61 @@ class Participant:
             if arrivals:
                 self.first_media_at = min(arrivals)
                 self._stats.setup_time.observe(max(self.first_media_at - self.joined_at, 0))
+
+    def _gate_downlink(self) -> None:
+        """Audio first, relay → participant: forward its incoming video only while its REMB
+        (summed over the video it receives) says the link carries it."""
+        video = [s.forwarder for s in self.slots if s.started and s.forwarder.kind == "video"]
+        estimates = [f.stats.remb_bps for f in video if f.producer is not None]
+        known = [bps for bps in estimates if bps is not None]
+        estimate = sum(known) if known else None
+        now, sent = self._clock(), sum(f.stats.bytes for f in video)
+        elapsed = now - self._video_sent_at
+        sent_bps = (sent - self._video_sent) * 8 / elapsed if elapsed > 0 else 0.0
+        self._video_sent, self._video_sent_at = sent, now
+        flowing = self.downlink_gate.state is GateState.FLOWING
+        if flowing and estimate is not None and sent_bps < 1.5 * estimate:
+            # A receive-side estimate cannot exceed ~1.5 x what it receives: low, it may only
+            # say the publisher sends little (a weak uplink, a still picture), not that this
+            # link is weak. It is a verdict only when the relay sends clearly more than that.
+            estimate = None
+        loss = max((f.stats.fraction_lost for f in video if f.producer is not None), default=0.0)
+        change = self.downlink_gate.update(estimate, loss)
+        flows = self.downlink_gate.video_flows
+        for forwarder in video:
+            if not flows:
+                forwarder.pause()  # also a slot started while paused
+            elif change is not None:
+                forwarder.resume(probing=self.downlink_gate.state is GateState.PROBING)
+        if change is not None:
+            self._tell_video_change(Direction.DOWN, change)
+
+    def _gate_uplink(self) -> None:
+        """Audio first, participant → relay: ask the participant to stop sending video while
+        the relay's own estimate of its uplink says the link cannot carry it."""
+        video = [p for p in self.producers.values() if p.kind == "video"]
+        known = [bps for p in video if (bps := p.stats.estimate_bps) is not None]
+        loss = max((p.stats.fraction_lost for p in video), default=0.0)
+        change = self.uplink_gate.update(max(known) if known else None, loss)
+        if change is None:
+            return
+        flowing = change.after is GateState.FLOWING
+        for producer in video:
+            producer.probe_bps = None if flowing else 2 * self._settings.video_gate.resume_above_bps
+        if change.after is GateState.PROBING:
+            for producer in video:
+                producer.restart_estimate()  # judge the probe on fresh estimates only
+            self.listener.video_changed(self, Direction.UP, False, GateReason.PROBE)
+        elif change.before is GateState.PROBING and change.after is GateState.PAUSED:
+            self.listener.video_changed(self, Direction.UP, True, GateReason.WEAK)
+        self._tell_video_change(Direction.UP, change)
+
+    def _tell_video_change(self, direction: Direction, change: Transition) -> None:
+        """A pause or a resume the UIs see (probes are not announced to the room)."""
+        if change.resumed:
+            self._owner.video_changed(self, direction, False, GateReason.RECOVERED)
+        elif change.paused:
+            self._owner.video_changed(self, direction, True, GateReason.WEAK)
 
     def _media_path_failed(self) -> None:
         """A bug on the media path (not a bad packet): count it, log the first few in full.

@@ -118,6 +118,8 @@ class Producer:
         self._estimator = RemoteBitrateEstimator() if self._abs_send_time_id else None
         self._frame_bytes = 0
         self._remb_sent: int | None = None
+        # Set while audio first has this publisher's video paused or probing: the REMB floor.
+        self.probe_bps: int | None = None
         self._remb_sent_at = 0.0
 
     # -- media path ---------------------------------------------------------------------------
@@ -224,6 +226,14 @@ class Producer:
             self.stats.estimate_bps = update[0]
             self.update_bandwidth()
 
+    def restart_estimate(self) -> None:
+        """Start the uplink estimate afresh (audio first's probe, relay/adaptation.py): the old
+        estimator's rate control would climb from the value it had when the video paused."""
+        if self._estimator is not None:
+            self._estimator = RemoteBitrateEstimator()
+        self._frame_bytes = 0
+        self.stats.estimate_bps = None
+
     # -- forwarders ---------------------------------------------------------------------------
 
     @property
@@ -264,7 +274,12 @@ class Producer:
         if not self._is_video or self.media_ssrc is None or not self.codec.remb:
             return
         candidates = [bps for f in self._forwarders if (bps := f.remb_bps)]
-        if self.stats.estimate_bps:
+        if self.probe_bps is not None:
+            # Audio first's uplink paused or on probation (relay/adaptation.py): the relay's own
+            # estimate is stale or still ramping, and would pin the publisher's rate (Chromium
+            # keeps the last REMB as its limit) too low for the probe to show the link again.
+            candidates = [max(min(candidates, default=self.probe_bps), self.probe_bps)]
+        elif self.stats.estimate_bps:
             candidates.append(self.stats.estimate_bps)
         if not candidates:
             return

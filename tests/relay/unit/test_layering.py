@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"forwarder", "_aiortc"},
     {"producer"},
     {"negotiation", "rtp", "stats", "settings", "reasons"},
-    {"candidates"},
+    {"candidates", "adaptation"},
 ]
 # `_aiortc` (aiortc's private internals) is for the participant and the relay's start-up only.
 AIORTC_USERS = {"sfu", "participant"}
