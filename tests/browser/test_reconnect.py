@@ -243,3 +243,70 @@ async def test_a_five_second_outage_resumes_media_both_ways_without_a_left(
         assert await psychologist.locator("#participants [data-reconnecting='true']").count() == 0
         print(f"detected after {detected:.2f} s; media both ways {resumed:.2f} s after restore")
         assert resumed < 6.0, resumed
+
+
+def drop_signaling_replies(namespace: str, port: int) -> None:
+    """Drop what the server's TCP port sends into the namespace: the page's WebSocket hears
+    nothing (no pong, no event; its TCP retransmits), while its pings still reach the server
+    (which therefore never sees a silent socket) and the UDP media flows both ways."""
+    rules = (
+        "table inet mute {\n"
+        "  chain in { type filter hook input priority 0; "
+        f"tcp sport {port} drop; }}\n"
+        "}\n"
+    )
+    subprocess.run(
+        ["ip", "netns", "exec", namespace, "nft", "-f", "-"],
+        input=rules, text=True, check=True, capture_output=True,
+    )  # fmt: skip
+
+
+def undrop_signaling_replies(namespace: str) -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", namespace, "nft", "delete", "table", "inet", "mute"],
+        capture_output=True,
+    )  # fmt: skip
+
+
+async def test_a_stalled_websocket_while_the_media_arrives_is_no_dead_link(
+    browsers: Browsers, server: Server, booking_factory: BookingFactory
+) -> None:
+    """A weak link stalls the signaling socket's TCP for seconds behind lost segments while the
+    relay's audio and RTCP still arrive (issue 15, audio first): the page must not take that
+    link for dead. Its WebSocket hears nothing for 3.5 s (its own watch gives up after 2.5 s of
+    silence; the server's, 3 s without a message and then 1.5 s without a pong, later), the media
+    goes on: no reconnect, and the socket carries the call's events again afterwards."""
+    need_nft()
+    booking = await booking_factory()
+    port = int(server.base_url.rsplit(":", 1)[1].split("/")[0])
+    with ClientNamespace(Impairment()) as namespace:
+        client = await browsers.page("client", camera="red", netns_name=namespace.name)
+        psychologist = await browsers.page("psychologist", camera="blue")
+        await psychologist.goto(
+            pages.call_url(server.base_url, booking.session.id, booking.psychologist_token)
+        )
+        await client.goto(pages.call_url(server.base_url, booking.session.id, booking.client_token))
+        await pages.wait_phase(client, "connected")
+        await pages.wait_remote_colours(client, ["blue"])
+        await pages.wait_remote_colours(psychologist, ["red"])
+
+        drop_signaling_replies(namespace.name, port)
+        try:
+            muted_at = time.monotonic()
+            for _ in range(40):  # bounded: the 3.5 s the socket hears nothing
+                if time.monotonic() - muted_at >= 3.5:
+                    break
+                await asyncio.sleep(0.1)
+            await pages.wait_frames_rising(client, 5)  # the media did flow meanwhile
+        finally:
+            undrop_signaling_replies(namespace.name)
+        log = await client.evaluate("window.smilingCall.log")
+        reconnects = [e for e in log if e["event"] == "reconnect"]
+        assert reconnects == [], reconnects
+        assert await client.evaluate("window.smilingCall.reconnects") == 0
+        # the socket is alive again: the psychologist's camera switched off reaches the client
+        await psychologist.locator("#btn-camera").click()
+        await client.wait_for_function(
+            "window.smilingCall.participants.some((p) => p.media.video === false)",
+            timeout=15000,
+        )

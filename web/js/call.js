@@ -103,6 +103,7 @@ export class CallSession extends Emitter {
     this._inbound = { packets: -1, since: 0 };
     this._relayBytes = { bytes: -1, since: 0, rising: false };
     this._relayWatch = null;
+    this._inboundAt = 0; // performance.now() of the last byte from the relay on a media connection
     this._lastStallReconnect = 0;
     this.media.on("change", () => this._onLocalMediaChange());
     this.media.on("video-track", (track) => void this.publisher?.setVideoTrack(track));
@@ -239,10 +240,18 @@ export class CallSession extends Emitter {
     this._maybeStartCall();
   }
 
-  /** Reconnect when nothing at all (RTP, RTCP, STUN) arrives from the relay for 2 s. */
+  /**
+   * Reconnect when nothing at all (RTP, RTCP, STUN) arrives from the relay for 2 s. What does
+   * arrive also keeps the signaling socket's own dead-link watch from firing on a link that is
+   * weak but alive (its TCP stalls behind lost segments while audio and RTCP still come), and
+   * ICE's "disconnected" (STUN checks lost on a congested link) from ending such a call.
+   */
   _watchRelayLink(generation) {
     clearInterval(this._relayWatch);
     this._relayBytes = { bytes: -1, since: Date.now(), rising: false };
+    this._inboundAt = 0;
+    const signaling = this.signaling;
+    if (signaling) signaling.heardElsewhere = () => (generation === this._generation ? this._inboundAt : 0);
     this._relayWatch = setInterval(async () => {
       if (generation !== this._generation || this.phase !== "connected") return;
       const bytes = await bytesFromRelay([this.publisher?.pc, this.subscriber?.pc]);
@@ -252,6 +261,7 @@ export class CallSession extends Emitter {
       if (bytes !== seen.bytes) {
         // armed once the relay has been heard twice: a connection still starting says nothing
         this._relayBytes = { bytes, since: now, rising: seen.bytes >= 0 };
+        if (seen.bytes >= 0) this._inboundAt = performance.now();
       } else if (seen.rising && now - seen.since >= RELAY_SILENCE_MS) {
         this._relayBytes = { bytes: -1, since: now, rising: false };
         void this._reconnect("nothing received from the relay");
@@ -421,16 +431,26 @@ export class CallSession extends Emitter {
       void this._reconnect(`${which} ICE failed`);
     } else if (state === "disconnected" && this.phase === "connected") {
       // ICE often recovers from "disconnected" by itself; give it a moment first.
-      this._disconnectTimers.set(
-        which,
-        setTimeout(() => {
-          const conn = which === "publisher" ? this.publisher : this.subscriber;
-          if (generation === this._generation && conn?.state === "disconnected") {
-            void this._reconnect(`${which} ICE disconnected`);
-          }
-        }, ICE_DISCONNECTED_GRACE_MS),
-      );
+      this._awaitIceRecovery(which, generation);
     }
+  }
+
+  /** Reconnect a connection ICE calls "disconnected" unless it recovers, or the relay's media
+   * still arrives (its STUN checks lost on a congested link, not a dead one: the 2 s watch on
+   * every byte from the relay ends the call's connections if that stops too). */
+  _awaitIceRecovery(which, generation) {
+    this._disconnectTimers.set(
+      which,
+      setTimeout(() => {
+        const conn = which === "publisher" ? this.publisher : this.subscriber;
+        if (generation !== this._generation || conn?.state !== "disconnected") return;
+        if (this._inboundAt && performance.now() - this._inboundAt < RELAY_SILENCE_MS) {
+          this._awaitIceRecovery(which, generation);
+        } else {
+          void this._reconnect(`${which} ICE disconnected`);
+        }
+      }, ICE_DISCONNECTED_GRACE_MS),
+    );
   }
 
   async _reconnect(why) {

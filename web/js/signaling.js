@@ -18,19 +18,34 @@ export function defaultSignalingUrl(location = window.location) {
 export class SignalingClient extends Emitter {
   /**
    * A dead link is noticed within 3 s: a `ping` every second, and nothing at all heard for
-   * `deadAfterMs` closes the connection (the call reconnects). An attempt whose socket does not
+   * `deadAfterMs` closes the connection (the call reconnects). "Nothing at all" counts what the
+   * call's media connections receive too (`heardElsewhere`, set by call.js): on a weak link the
+   * socket's TCP can stall for seconds behind lost segments while the relay's audio and RTCP
+   * still arrive, and such a link is alive; then only `staleAfterMs` of silence on the socket
+   * itself closes it. An attempt whose socket does not
    * even open within `openTimeoutMs` (a link still down) is given up, so that the next attempt
    * starts fresh as soon as the link is back rather than waiting out TCP's SYN back-off.
    * @param {{url: string, token: string, pingIntervalMs?: number, deadAfterMs?: number,
-   *          connectTimeoutMs?: number, openTimeoutMs?: number}} options
+   *          staleAfterMs?: number, connectTimeoutMs?: number, openTimeoutMs?: number}} options
    */
-  constructor({ url, token, pingIntervalMs = 1000, deadAfterMs = 2500, connectTimeoutMs = 10000, openTimeoutMs = 2000 }) {
+  constructor({
+    url,
+    token,
+    pingIntervalMs = 1000,
+    deadAfterMs = 2500,
+    staleAfterMs = 20000,
+    connectTimeoutMs = 10000,
+    openTimeoutMs = 2000,
+  }) {
     super();
     this.openTimeoutMs = openTimeoutMs;
     this.url = url;
     this.token = token;
     this.pingIntervalMs = pingIntervalMs;
     this.deadAfterMs = deadAfterMs;
+    this.staleAfterMs = staleAfterMs;
+    /** When (performance.now()) anything else from the relay last arrived; 0: nothing yet. */
+    this.heardElsewhere = () => 0;
     this.connectTimeoutMs = connectTimeoutMs;
     this.ws = null;
     this.identity = null; // {userId, role, socketId, protocolVersion}
@@ -184,9 +199,11 @@ export class SignalingClient extends Emitter {
     // checked twice a ping interval, so a silence is noticed at most half an interval late
     this._keepAlive = setInterval(() => {
       const now = performance.now();
-      if (now - this._lastHeard > this.deadAfterMs) {
-        // Nothing heard (not even a pong) for too long: the connection is dead even if the
-        // browser hasn't noticed yet. Report it as closed so the call reconnects.
+      const silent = now - this._lastHeard;
+      const linkSilent = now - this.heardElsewhere() > this.deadAfterMs;
+      if (silent > this.deadAfterMs && (linkSilent || silent > this.staleAfterMs)) {
+        // Nothing heard (not even a pong, nor any media) for too long: the connection is dead
+        // even if the browser hasn't noticed yet. Report it as closed so the call reconnects.
         this._stopKeepAlive();
         this._teardown(4000, "keep-alive timeout");
         if (!this.closed) {
