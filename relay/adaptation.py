@@ -6,10 +6,20 @@ publishes). The gate is a pure state machine on an injected clock; the participa
 once per RTCP interval and applies what it decides (no work per packet).
 
     FLOWING ──estimate < pause_below, with loss, for pause_after──▶ PAUSED
-    PAUSED  ──probe_interval elapsed──▶ PROBING  (video flows again, silently)
+    FLOWING ──heavy loss, the link delivering < pause_below, for heavy_after──▶ PAUSED
+    PAUSED  ──probe_interval elapsed──▶ PROBING  (the link is tried, silently: see below)
     PROBING ──fresh estimate > resume_above, no loss, for resume_after──▶ FLOWING
-    PROBING ──loss, with a fresh estimate low or falling; or probe_for elapsed──▶ PAUSED
-              (and the next probe waits twice as long)
+    PROBING ──loss ≥ probe_loss; or loss with a fresh estimate low or falling;
+              or probe_for elapsed──▶ PAUSED  (and the next probe waits twice as long)
+
+Why heavy loss: a delay-based estimate takes seconds to fall below `pause_below` on a link far
+too weak for the video, seconds in which the video floods the link and the audio queued behind
+it is lost. When a report interval loses a fifth or more of what was sent and what got through
+(sent x (1 - loss): the link's real throughput) is below what video needs, the link has said so
+itself: with the estimate falling beside it (overuse) the video pauses at once; otherwise
+after two such reports in a row (`heavy_after`). An estimate is still required (the
+participant passes none that is no verdict on this link, e.g. a receive-side estimate of a
+publisher that sends little), so loss that is not this link's own cannot pause it.
 
 Why loss as well: a receive-side estimate is no verdict on its own. aiortc's starts at 0.85 x
 what arrived in the first second (30 kbit/s is common on a link that carries megabits) and
@@ -21,12 +31,18 @@ Why a probe: a delay-based estimator (aiortc's `RemoteBitrateEstimator`, Chromiu
 REMB estimator, the relay's own) only updates from video packets carrying abs-send-time, and
 its AIMD rate control caps the estimate at 1.5 × the rate it receives + 10 kbit/s. With the
 video paused it gets no samples (REMB stops, or repeats its last low value), so the estimate
-cannot grow however much the link recovers: the gate has to let video through for a while to
-learn. While probing it ignores the stale pre-probe value and judges only fresh estimates. A
-fresh estimate that falls is the estimator reporting overuse (its AIMD only lowers the rate on
-overuse); with loss beside it the link still cannot carry the video, so the probe ends at once,
-before the queue costs the audio much. Probes back off (10 s, 20 s, 40 s, then every 60 s)
-while the link stays weak, and start again from the shortest interval after a resume.
+cannot grow however much the link recovers: the gate has to send something for a while to
+learn. What it sends is the participant's business (relay/participant.py): downlink, RTP padding
+on the video's RTX stream at a rate ramped up to a little more than `resume_above`
+(relay/probe.py), not the video itself (its bursts and keyframes would flood a weak link at
+once); uplink, the publisher's video again, capped by REMB near `resume_above`. While probing
+the gate ignores the stale pre-probe value and judges only fresh estimates. A fresh estimate
+that falls is the estimator reporting overuse (its AIMD only lowers the rate on overuse); with
+loss beside it the link still cannot carry the video, so the probe ends at once, before the
+queue costs the audio much; so does loss of `probe_loss` or more on its own (the probe sends no
+more than video needs: a link that loses that much of it cannot carry video). Probes back off
+(10 s, 20 s, 40 s, then every 60 s) while the link stays weak, and start again from the
+shortest interval after a resume.
 """
 
 from __future__ import annotations
@@ -55,6 +71,20 @@ class GateSettings:
     overuse_drop: float = 0.05
     # Loss (fraction of the last report interval) that says the link is the bottleneck.
     loss_evidence: float = 0.05
+    # Loss that, with the link delivering less than `pause_below_bps`, pauses without waiting
+    # for the estimate to fall that low: at once if it is falling, else once it has lasted
+    # `heavy_after` (two report intervals of ~1 s).
+    heavy_loss: float = 0.2
+    heavy_after: float = 0.9
+    # Loss that ends a probe on its own (the probe sends about what video needs, no more).
+    probe_loss: float = 0.1
+    # What a probe sends: downlink padding ramped from `probe_start_bps` to `probe_target_bps`
+    # over `probe_ramp` s (relay/probe.py); uplink, the publisher's video capped at the target.
+    # The target lets an estimator (at most 1.5 x what it receives + 10 kbit/s) pass
+    # `resume_above_bps` with some room, and not much more.
+    probe_start_bps: int = 50_000
+    probe_target_bps: int = 320_000
+    probe_ramp: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +114,7 @@ class VideoGate:
         self.state = GateState.FLOWING
         self._since = clock()  # when the current state began
         self._low_since: float | None = None
+        self._heavy_since: float | None = None
         self._high_since: float | None = None
         self._previous: int | None = None  # last fresh estimate while probing
         self._interval = settings.probe_interval
@@ -92,14 +123,30 @@ class VideoGate:
     def video_flows(self) -> bool:
         return self.state is not GateState.PAUSED
 
-    def update(self, estimate_bps: int | None, loss: float = 0.0) -> Transition | None:
+    def update(
+        self, estimate_bps: int | None, loss: float = 0.0, delivered_bps: float | None = None
+    ) -> Transition | None:
         """Called once per RTCP interval with the link's current estimate (None: none yet, or
-        none since the probe began) and its loss over the last report interval (0..1); returns
-        the state change to apply, if any."""
+        none since the probe began), its loss over the last report interval (0..1) and, when
+        known, what it delivered of the video over that interval (bit/s, after the loss);
+        returns the state change to apply, if any."""
         now = self._clock()
         s = self.settings
         lossy = loss >= s.loss_evidence
         if self.state is GateState.FLOWING:
+            previous, self._previous = self._previous, estimate_bps
+            if (
+                loss >= s.heavy_loss
+                and estimate_bps is not None
+                and delivered_bps is not None
+                and delivered_bps < s.pause_below_bps
+            ):
+                self._heavy_since = now if self._heavy_since is None else self._heavy_since
+                falling = previous is not None and estimate_bps < previous * (1 - s.overuse_drop)
+                if falling or now - self._heavy_since >= s.heavy_after:
+                    return self._enter(GateState.PAUSED, now)
+            else:
+                self._heavy_since = None
             if estimate_bps is not None and estimate_bps < s.pause_below_bps and lossy:
                 self._low_since = now if self._low_since is None else self._low_since
                 if now - self._low_since >= s.pause_after:
@@ -111,6 +158,8 @@ class VideoGate:
             if now - self._since >= self._interval:
                 return self._enter(GateState.PROBING, now)
             return None
+        if loss >= s.probe_loss:
+            return self._fail_probe(now)
         return self._judge_probe(estimate_bps, lossy, now)
 
     def _judge_probe(self, estimate_bps: int | None, lossy: bool, now: float) -> Transition | None:
@@ -138,7 +187,7 @@ class VideoGate:
     def _enter(self, state: GateState, now: float) -> Transition:
         transition = Transition(self.state, state)
         self.state, self._since = state, now
-        self._low_since = self._high_since = self._previous = None
+        self._low_since = self._heavy_since = self._high_since = self._previous = None
         return transition
 
 

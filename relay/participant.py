@@ -46,6 +46,7 @@ from relay.negotiation import (
     check_supported,
     parse_sections,
 )
+from relay.probe import PaddingProbe
 from relay.producer import Producer
 from relay.reasons import LeaveReason
 from relay.rtp import find_extension, payload_bounds
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 # Media-path exceptions logged with a traceback per relay; after that they are only counted
 # (RelayStats.media_path_errors), so a bug hit by every packet cannot flood the log.
 LOGGED_MEDIA_PATH_ERRORS = 5
+# A receiver report this recent says something about the link now (they come every ~1 s; a
+# stream paused or a browser's 5 s audio interval leaves older ones standing).
+FRESH_REPORT = 2.5
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,7 @@ class Participant:
         self._routing = _PublisherRouting()
         self._offered: list[MediaSection] = []  # the sections of the last answered offer
         self._forwarders_by_ssrc: dict[int, Forwarder] = {}
+        self._forwarders_by_rtx_ssrc: dict[int, Forwarder] = {}  # REMB of a probe, its reports
         self._publisher_lock = asyncio.Lock()
         self._pending_subscriptions: list[Producer] = []
         self._awaiting_answer = False
@@ -188,6 +193,10 @@ class Participant:
         self.uplink_gate = VideoGate(settings.video_gate, clock)
         self._video_sent = 0  # video bytes forwarded to this participant, at the last tick
         self._video_sent_at = clock()
+        self._video_received = 0  # video bytes received from this participant, at the last tick
+        self._video_received_at = clock()
+        self._probe: PaddingProbe | None = None  # the downlink's probe while one runs
+        self._probe_began = 0.0
 
     @property
     def socket_id(self) -> str:
@@ -456,6 +465,8 @@ class Participant:
             Slot(transceiver, forwarder, last_user_id=owner.user_id if owner else None)
         )
         self._forwarders_by_ssrc[ssrc] = forwarder
+        if rtx_ssrc:
+            self._forwarders_by_rtx_ssrc[rtx_ssrc] = forwarder
 
     async def handle_subscriber_answer(self, sdp: str) -> None:
         pc = self._subscriber_pc
@@ -513,6 +524,8 @@ class Participant:
                     forwarder = by_ssrc.get(report.ssrc)
                     if forwarder is not None:
                         forwarder.on_receiver_report(report)
+                    elif (forwarder := self._forwarders_by_rtx_ssrc.get(report.ssrc)) is not None:
+                        forwarder.on_padding_report(report)
             elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
                 forwarder = by_ssrc.get(packet.media_ssrc)
                 if forwarder is not None:
@@ -536,6 +549,9 @@ class Participant:
             except ValueError:
                 return
             video = [by_ssrc[s] for s in ssrcs if s in by_ssrc and by_ssrc[s].kind == "video"]
+            if not video:  # only the padding of a probe arrived (its RTX stream): the same link
+                by_rtx = self._forwarders_by_rtx_ssrc
+                video = list({id(f): f for s in ssrcs if (f := by_rtx.get(s))}.values())
             for forwarder in video:
                 forwarder.on_remb(bitrate // len(video))
 
@@ -680,7 +696,8 @@ class Participant:
 
     def _gate_downlink(self) -> None:
         """Audio first, relay → participant: forward its incoming video only while its REMB
-        (summed over the video it receives) says the link carries it."""
+        (summed over the video it receives) says the link carries it; while paused, probe the
+        link with padding (relay/probe.py) rather than with the video."""
         video = [s.forwarder for s in self.slots if s.started and s.forwarder.kind == "video"]
         estimates = [f.stats.remb_bps for f in video if f.producer is not None]
         known = [bps for bps in estimates if bps is not None]
@@ -689,22 +706,97 @@ class Participant:
         elapsed = now - self._video_sent_at
         sent_bps = (sent - self._video_sent) * 8 / elapsed if elapsed > 0 else 0.0
         self._video_sent, self._video_sent_at = sent, now
-        flowing = self.downlink_gate.state is GateState.FLOWING
+        gate = self.downlink_gate
+        flowing = gate.state is GateState.FLOWING
         if flowing and estimate is not None and sent_bps < 1.5 * estimate:
             # A receive-side estimate cannot exceed ~1.5 x what it receives: low, it may only
             # say the publisher sends little (a weak uplink, a still picture), not that this
             # link is weak. It is a verdict only when the relay sends clearly more than that.
             estimate = None
-        loss = max((f.stats.fraction_lost for f in video if f.producer is not None), default=0.0)
-        change = self.downlink_gate.update(estimate, loss)
-        flows = self.downlink_gate.video_flows
-        for forwarder in video:
-            if not flows:
-                forwarder.pause()  # also a slot started while paused
-            elif change is not None:
-                forwarder.resume(probing=self.downlink_gate.state is GateState.PROBING)
-        if change is not None:
-            self._tell_video_change(Direction.DOWN, change)
+        video_loss = self._fresh_loss(video, now - FRESH_REPORT)
+        delivered = sent_bps * (1 - video_loss) if flowing else None
+        loss = max(video_loss, self._fresh_loss(self._audio_out(), now - FRESH_REPORT))
+        if gate.state is GateState.PROBING:
+            loss = max(loss, self._probe_loss(video))
+            if self._probe is not None and self._probe.stopped_early:
+                loss = max(loss, 1.0)  # it saw the link full (a report since replaced)
+        change = gate.update(estimate, loss, delivered)
+        if change is None:
+            if not gate.video_flows:
+                for forwarder in video:
+                    forwarder.pause()  # a slot started while paused
+            return
+        if change.after is GateState.PROBING:
+            for forwarder in video:
+                forwarder.pause()
+                forwarder.stats.remb_bps = None  # judge the probe on fresh estimates only
+            self._start_probe(video)
+        else:
+            self._stop_probe()
+            for forwarder in video:
+                if change.after is GateState.FLOWING:
+                    forwarder.resume()
+                else:
+                    forwarder.pause()
+        self._tell_video_change(Direction.DOWN, change)
+
+    def _audio_out(self) -> list[Forwarder]:
+        return [s.forwarder for s in self.slots if s.started and s.forwarder.kind == "audio"]
+
+    @staticmethod
+    def _fresh_loss(forwarders: list[Forwarder], since: float) -> float:
+        """The worst loss on this link (relay → subscriber) among these streams, from the
+        subscriber's reports since `since`. A report counts the publisher's own losses too (the
+        relay forwards its sequence numbers): what the relay itself missed from the publisher
+        is taken out, so a weak uplink elsewhere is not this link's fault."""
+        worst = 0.0
+        for f in forwarders:
+            producer = f.producer
+            if producer is None or f.reported_at is None or f.reported_at < since:
+                continue
+            upstream = min(producer.stats.fraction_lost, 0.99)
+            worst = max(worst, 1 - (1 - f.stats.fraction_lost) / (1 - upstream))
+        return worst
+
+    def _probe_loss(self, video: list[Forwarder]) -> float:
+        """Loss on the probe's padding and the audio beside it, reported since it began."""
+        since = self._probe_began
+        padding = max(
+            (
+                f.padding_loss
+                for f in video
+                if f.padding_reported_at is not None and f.padding_reported_at >= since
+            ),
+            default=0.0,
+        )
+        return max(padding, self._fresh_loss(self._audio_out(), since))
+
+    def _start_probe(self, video: list[Forwarder]) -> None:
+        self._stop_probe()
+        carrier = next((f for f in video if f.can_pad), None)
+        if carrier is None:
+            return  # no RTX or abs-send-time negotiated: the probe only waits (probe_for)
+        settings = self._settings.video_gate
+        self._probe_began = self._clock()
+        threshold = settings.probe_loss
+
+        def overused() -> bool:
+            return self._probe_loss(video) >= threshold
+
+        self._probe = PaddingProbe(
+            carrier,
+            start_bps=settings.probe_start_bps,
+            target_bps=settings.probe_target_bps,
+            ramp_seconds=settings.probe_ramp,
+            clock=self._clock,
+            overused=overused,
+        )
+        self._probe.start()
+
+    def _stop_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.stop()
+            self._probe = None
 
     def _gate_uplink(self) -> None:
         """Audio first, participant → relay: ask the participant to stop sending video while
@@ -712,12 +804,16 @@ class Participant:
         video = [p for p in self.producers.values() if p.kind == "video"]
         known = [bps for p in video if (bps := p.stats.estimate_bps) is not None]
         loss = max((p.stats.fraction_lost for p in video), default=0.0)
-        change = self.uplink_gate.update(max(known) if known else None, loss)
+        now, received = self._clock(), sum(p.stats.bytes for p in video)
+        elapsed = now - self._video_received_at
+        delivered = (received - self._video_received) * 8 / elapsed if elapsed > 0 else None
+        self._video_received, self._video_received_at = received, now
+        change = self.uplink_gate.update(max(known) if known else None, loss, delivered)
         if change is None:
             return
         flowing = change.after is GateState.FLOWING
         for producer in video:
-            producer.probe_bps = None if flowing else 2 * self._settings.video_gate.resume_above_bps
+            producer.probe_bps = None if flowing else self._settings.video_gate.probe_target_bps
         if change.after is GateState.PROBING:
             for producer in video:
                 producer.restart_estimate()  # judge the probe on fresh estimates only
@@ -778,6 +874,7 @@ class Participant:
         if self.closed:
             return
         self.closed = True
+        self._stop_probe()
         for producer in self.producers.values():
             producer.close()
         for slot in self.slots:
