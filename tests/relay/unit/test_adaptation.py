@@ -3,7 +3,14 @@ forwarder (no video out, its REMB no longer holds the publisher back, back on a 
 
 from __future__ import annotations
 
+import asyncio
+
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+
 from relay.adaptation import GateSettings, GateState, VideoGate
+from relay.forwarder import Forwarder, SendParameters
+from relay.probe import PaddingProbe
 from tests.relay.unit.conftest import (
     VP8,
     VP8_DELTA,
@@ -147,6 +154,145 @@ def test_after_a_resume_the_probe_interval_starts_short_again() -> None:
     assert run(gate, clock, STRONG, 4) == ["probing>flowing"]
     assert run(gate, clock, WEAK, 3) == ["flowing>paused"]
     assert run(gate, clock, None, 10) == ["paused>probing"]  # 10 s again, not 40
+
+
+def test_heavy_loss_with_a_falling_estimate_pauses_at_once() -> None:
+    """A link far too weak for the video: the estimate is still above 150 kbit/s, but a fifth of
+    what was sent is lost and what got through is below what video needs: no 2 s wait for the
+    estimate to fall that low while the video floods the link."""
+    clock = FakeClock()
+    gate = VideoGate(SETTINGS, clock)
+    clock.advance(1.0)
+    assert gate.update(400_000, 0.0, 450_000) is None
+    clock.advance(1.0)
+    change = gate.update(300_000, 0.6, 120_000)  # falling, 60 % lost, 120 kbit/s got through
+    assert change is not None and change.paused and change.after is GateState.PAUSED
+
+
+def test_heavy_loss_without_a_falling_estimate_pauses_after_two_reports() -> None:
+    clock = FakeClock()
+    gate = VideoGate(SETTINGS, clock)
+    clock.advance(1.0)
+    assert gate.update(300_000, 0.5, 100_000) is None  # the first report: not yet
+    clock.advance(1.0)
+    assert gate.update(300_000, 0.1, 100_000) is None  # 10 %: not heavy, the clock restarts
+    clock.advance(1.0)
+    assert gate.update(300_000, 0.5, 100_000) is None
+    clock.advance(1.0)
+    change = gate.update(300_000, 0.5, 100_000)
+    assert change is not None and change.after is GateState.PAUSED
+
+
+def test_heavy_loss_is_no_verdict_when_the_link_delivers_enough_or_without_an_estimate() -> None:
+    """Losing a fifth of 800 kbit/s still delivers what video needs; and loss with no estimate
+    that speaks for this link (a publisher that sends little, its own uplink's loss) is not
+    this link's weakness."""
+    clock = FakeClock()
+    gate = VideoGate(SETTINGS, clock)
+    for _ in range(5):
+        clock.advance(1.0)
+        assert gate.update(600_000, 0.25, 600_000) is None
+    for _ in range(5):
+        clock.advance(1.0)
+        assert gate.update(None, 0.6, 40_000) is None
+    assert gate.state is GateState.FLOWING
+
+
+def test_loss_alone_ends_a_probe_at_once() -> None:
+    """The probe sends about what video needs and no more: a tenth of it lost, with or without
+    a fresh estimate yet, says the link cannot carry video; the probe does not run on."""
+    gate, clock = paused_gate()
+    assert run(gate, clock, None, 10) == ["paused>probing"]
+    clock.advance(1.0)
+    change = gate.update(None, SETTINGS.probe_loss)
+    assert change is not None and change.after is GateState.PAUSED
+
+
+# -- the downlink's probe: padding on the RTX stream ---------------------------------------------
+
+
+def started_video_slot(bench: Bench, sink: CaptureSink, abs_send_time_id: int) -> Forwarder:
+    producer = bench.producer(VP8, upstream=Upstream())
+    forwarder = Forwarder(
+        kind="video", ssrc=1111, rtx_ssrc=2222, codec=VP8, clock=bench.clock, wall_clock=bench.wall
+    )
+    forwarder.attach(producer)
+    parameters = SendParameters(codec=VP8, mid="1", mid_id=4, abs_send_time_id=abs_send_time_id)
+    forwarder.start(sink, parameters)
+    return forwarder
+
+
+def test_a_padding_packet_is_counted_by_aiortcs_estimator_and_carries_no_media(
+    bench: Bench, sink: CaptureSink
+) -> None:
+    forwarder = started_video_slot(bench, sink, abs_send_time_id=3)
+    assert forwarder.can_pad
+    first = forwarder.padding_packet(240)
+    second = forwarder.padding_packet(240)
+    assert first is not None and second is not None
+    extensions = HeaderExtensionsMap()
+    extensions.configure(
+        RTCRtpParameters(
+            headerExtensions=[
+                RTCRtpHeaderExtensionParameters(id=4, uri="urn:ietf:params:rtp-hdrext:sdes:mid"),
+                RTCRtpHeaderExtensionParameters(
+                    id=3, uri="http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+                ),
+            ]
+        )
+    )
+    a, b = RtpPacket.parse(first, extensions), RtpPacket.parse(second, extensions)
+    # what aiortc's receiver feeds its RemoteBitrateEstimator: len(payload) + padding_size,
+    # for a packet with abs-send-time; the RTX depacketizer then drops an empty payload
+    assert a.extensions.abs_send_time is not None and a.extensions.mid == "1"
+    assert a.payload == b"" and a.padding_size == 240
+    assert (a.ssrc, a.payload_type) == (2222, VP8.rtx_payload_type)
+    assert b.sequence_number == (a.sequence_number + 1) & 0xFFFF  # no gap: no loss to report
+    assert forwarder.stats.packets == 0  # no media was counted as sent
+
+
+def test_a_slot_without_abs_send_time_cannot_carry_a_probe(bench: Bench, sink: CaptureSink) -> None:
+    forwarder = started_video_slot(bench, sink, abs_send_time_id=0)
+    assert not forwarder.can_pad and forwarder.padding_packet(240) is None
+    assert forwarder.send_padding(240) == 0 and sink.packets == []
+
+
+async def test_the_probe_ramps_its_rate_and_stops_at_the_first_sign_of_loss(
+    bench: Bench, sink: CaptureSink
+) -> None:
+    forwarder = started_video_slot(bench, sink, abs_send_time_id=3)
+    loop = asyncio.get_running_loop()
+    full = False
+    probe = PaddingProbe(
+        forwarder,
+        start_bps=50_000,
+        target_bps=320_000,
+        ramp_seconds=8.0,
+        clock=loop.time,
+        overused=lambda: full,
+    )
+    assert probe.rate_at(0) == 50_000 and probe.rate_at(4) == 185_000
+    assert probe.rate_at(8) == probe.rate_at(60) == 320_000
+    probe.start()
+    began = loop.time()
+    for _ in range(100):  # bounded: 2 s
+        if len(sink.packets) >= 20:
+            break
+        await asyncio.sleep(0.02)
+    sent = sum(len(p) for p in sink.packets)
+    elapsed = loop.time() - began
+    # ~50 kbit/s at first: 20 packets of ~270 bytes take ~0.9 s, not a burst
+    assert sent * 8 / elapsed < 120_000, (sent, elapsed)
+    full = True
+    for _ in range(50):  # bounded: 1 s
+        if probe.stopped_early:
+            break
+        await asyncio.sleep(0.02)
+    assert probe.stopped_early
+    count = len(sink.packets)
+    await asyncio.sleep(0.1)  # a measurement window: nothing more is sent
+    assert len(sink.packets) == count
+    probe.stop()
 
 
 # -- a paused forwarder -------------------------------------------------------------------------
