@@ -8,7 +8,8 @@ once per RTCP interval and applies what it decides (no work per packet).
     FLOWING ──estimate < pause_below, with loss, for pause_after──▶ PAUSED
     FLOWING ──heavy loss, the link delivering < pause_below, for heavy_after──▶ PAUSED
     PAUSED  ──probe_interval elapsed──▶ PROBING  (the link is tried, silently: see below)
-    PROBING ──fresh estimate > resume_above, no loss, for resume_after──▶ FLOWING
+    PROBING ──fresh estimate, or what the probe delivered, > resume_above, no loss,
+              for resume_after──▶ FLOWING
     PROBING ──loss ≥ probe_loss; or loss with a fresh estimate low or falling;
               or probe_for elapsed──▶ PAUSED  (and the next probe waits twice as long)
 
@@ -128,7 +129,8 @@ class VideoGate:
     ) -> Transition | None:
         """Called once per RTCP interval with the link's current estimate (None: none yet, or
         none since the probe began), its loss over the last report interval (0..1) and, when
-        known, what it delivered of the video over that interval (bit/s, after the loss);
+        known, what it delivered over that interval (bit/s, after the loss: of the video, or
+        while probing of the probe, when a fresh report says how much of it was lost);
         returns the state change to apply, if any."""
         now = self._clock()
         s = self.settings
@@ -160,22 +162,27 @@ class VideoGate:
             return None
         if loss >= s.probe_loss:
             return self._fail_probe(now)
-        return self._judge_probe(estimate_bps, lossy, now)
+        return self._judge_probe(estimate_bps, lossy, now, delivered_bps)
 
-    def _judge_probe(self, estimate_bps: int | None, lossy: bool, now: float) -> Transition | None:
+    def _judge_probe(
+        self, estimate_bps: int | None, lossy: bool, now: float, delivered_bps: float | None
+    ) -> Transition | None:
         s = self.settings
         if estimate_bps is not None:
             previous, self._previous = self._previous, estimate_bps
             falling = previous is not None and estimate_bps < previous * (1 - s.overuse_drop)
             if lossy and (falling or estimate_bps < s.pause_below_bps):
                 return self._fail_probe(now)
-            if estimate_bps > s.resume_above_bps and not lossy:
-                self._high_since = now if self._high_since is None else self._high_since
-                if now - self._high_since >= s.resume_after:
-                    self._interval = s.probe_interval
-                    return self._enter(GateState.FLOWING, now)
-            else:
-                self._high_since = None
+        # What the link carried without loss is a measure of its own; the estimate, which
+        # climbs no faster than 8 %/s from its old low value, may take half a minute to agree.
+        seen = max(estimate_bps or 0, delivered_bps or 0)
+        if seen > s.resume_above_bps and not lossy:
+            self._high_since = now if self._high_since is None else self._high_since
+            if now - self._high_since >= s.resume_after:
+                self._interval = s.probe_interval
+                return self._enter(GateState.FLOWING, now)
+        else:
+            self._high_since = None
         if now - self._since >= s.probe_for:
             return self._fail_probe(now)
         return None

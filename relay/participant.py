@@ -197,6 +197,8 @@ class Participant:
         self._video_received_at = clock()
         self._probe: PaddingProbe | None = None  # the downlink's probe while one runs
         self._probe_began = 0.0
+        self._probe_counted = 0  # its bytes sent, and when, at the last tick
+        self._probe_counted_at = 0.0
 
     @property
     def socket_id(self) -> str:
@@ -718,6 +720,7 @@ class Participant:
         loss = max(video_loss, self._fresh_loss(self._audio_out(), now - FRESH_REPORT))
         if gate.state is GateState.PROBING:
             loss = max(loss, self._probe_loss(video))
+            delivered = self._probe_delivered(video, now)
             if self._probe is not None and self._probe.stopped_early:
                 loss = max(loss, 1.0)  # it saw the link full (a report since replaced)
         change = gate.update(estimate, loss, delivered)
@@ -771,13 +774,33 @@ class Participant:
         )
         return max(padding, self._fresh_loss(self._audio_out(), since))
 
+    def _probe_delivered(self, video: list[Forwarder], now: float) -> float | None:
+        """What the probe's padding delivered since the last tick (bit/s), when a report since
+        then says how much of it was lost; None otherwise."""
+        probe = self._probe
+        if probe is None:
+            return None
+        sent = probe.sent_bytes - self._probe_counted
+        elapsed = now - self._probe_counted_at
+        self._probe_counted, self._probe_counted_at = probe.sent_bytes, now
+        since = max(self._probe_began, now - FRESH_REPORT)
+        reports = [
+            f.padding_loss
+            for f in video
+            if f.padding_reported_at is not None and f.padding_reported_at >= since
+        ]
+        if not reports or elapsed <= 0:
+            return None
+        return sent * 8 / elapsed * (1 - max(reports))
+
     def _start_probe(self, video: list[Forwarder]) -> None:
         self._stop_probe()
         carrier = next((f for f in video if f.can_pad), None)
         if carrier is None:
             return  # no RTX or abs-send-time negotiated: the probe only waits (probe_for)
         settings = self._settings.video_gate
-        self._probe_began = self._clock()
+        self._probe_began = self._probe_counted_at = self._clock()
+        self._probe_counted = 0
         threshold = settings.probe_loss
 
         def overused() -> bool:

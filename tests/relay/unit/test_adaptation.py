@@ -208,6 +208,27 @@ def test_loss_alone_ends_a_probe_at_once() -> None:
     assert change is not None and change.after is GateState.PAUSED
 
 
+def test_a_probe_that_delivers_enough_without_loss_resumes_before_the_estimate_agrees() -> None:
+    """The estimate climbs no faster than 8 %/s from its old low value (30 kbit/s to 250 takes
+    half a minute); what the probe got through without loss measures the link directly."""
+    gate, clock = paused_gate()
+    assert run(gate, clock, None, 10) == ["paused>probing"]
+    seen = []
+    for estimate in (30_000, 32_000, 35_000, 38_000):
+        clock.advance(1.0)
+        change = gate.update(estimate, 0.0, 300_000)
+        seen.append(change and f"{change.before}>{change.after}")
+    assert seen == [None, None, None, "probing>flowing"]  # above 250 for 3 s, then resumed
+    # and a probe that got only 200 kbit/s through, or lost some of it, resumes nothing
+    gate, clock = paused_gate()
+    assert run(gate, clock, None, 10) == ["paused>probing"]
+    for _ in range(10):
+        clock.advance(1.0)
+        assert gate.update(None, 0.0, 200_000) is None
+        clock.advance(1.0)
+        assert gate.update(None, 0.06, 300_000) is None
+
+
 # -- the downlink's probe: padding on the RTX stream ---------------------------------------------
 
 
