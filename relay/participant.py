@@ -757,7 +757,7 @@ class Participant:
             producer = f.producer
             if producer is None or f.reported_at is None or f.reported_at < since:
                 continue
-            upstream = min(producer.stats.fraction_lost, 0.99)
+            upstream = min(producer.recent_loss, 0.99)
             worst = max(worst, 1 - (1 - f.stats.fraction_lost) / (1 - upstream))
         return worst
 

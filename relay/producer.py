@@ -118,6 +118,7 @@ class Producer:
         self._estimator = RemoteBitrateEstimator() if self._abs_send_time_id else None
         self._frame_bytes = 0
         self._remb_sent: int | None = None
+        self.recent_loss = 0.0  # see `receiver_report`
         # Set while audio first has this publisher's video paused or probing: the REMB floor.
         self.probe_bps: int | None = None
         self._remb_sent_at = 0.0
@@ -328,6 +329,9 @@ class Producer:
         fraction = (lost_interval << 8) // expected_interval if expected_interval > 0 else 0
         fraction = min(max(fraction, 0), 255)
         self.stats.packets_lost = lost
+        # the worse of this interval and the one before: a subscriber's report interval spans
+        # parts of both (audio first takes this out of what the subscriber reports lost)
+        self.recent_loss = max(fraction / 256, self.stats.fraction_lost)
         self.stats.fraction_lost = fraction / 256
         self.stats.jitter_seconds = self._jitter / self._clock_rate
         dlsr = int((now - self._sr_received_at) * 65536) if self._sr_ntp_middle else 0

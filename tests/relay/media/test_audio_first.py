@@ -226,6 +226,9 @@ async def test_a_weak_leg_keeps_the_voice_and_gets_the_video_back(
             120,
         )
         assert not weak.video_held
+        # the strong participant's own downlink was never taken for weak (the loss its reports
+        # showed while the weak uplink flooded was the publisher's, not its link's)
+        assert not call.told(strong, "video-paused", direction="down", socketId=strong.socket_id)
         await call.remote.run(sees(weak, strong, source_id=1, frames=10), timeout=60)
         await sees(strong, weak, source_id=2, frames=10)
     finally:

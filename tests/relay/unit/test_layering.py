@@ -15,6 +15,7 @@ LAYERS: list[set[str]] = [
     {"sfu"},
     {"room"},
     {"participant"},
+    {"probe"},
     {"forwarder", "_aiortc"},
     {"producer"},
     {"negotiation", "rtp", "stats", "settings", "reasons"},
