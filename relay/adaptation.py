@@ -56,7 +56,9 @@ from enum import StrEnum
 class GateState(StrEnum):
     FLOWING = "flowing"
     PAUSED = "paused"
-    PROBING = "probing"  # paused as far as the UIs know; video flows so the estimate can grow
+    # paused as far as the UIs know; the link is tried so the estimate can grow (downlink: the
+    # relay sends padding, relay/probe.py; uplink: the publisher sends its video again)
+    PROBING = "probing"
 
 
 @dataclass(frozen=True)

@@ -725,7 +725,7 @@ class Participant:
                 loss = max(loss, 1.0)  # it saw the link full (a report since replaced)
         change = gate.update(estimate, loss, delivered)
         if change is None:
-            if not gate.video_flows:
+            if gate.state is not GateState.FLOWING:  # probing too: padding, not the video
                 for forwarder in video:
                     forwarder.pause()  # a slot started while paused
             return
