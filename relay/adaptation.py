@@ -88,6 +88,9 @@ class GateSettings:
     probe_start_bps: int = 50_000
     probe_target_bps: int = 320_000
     probe_ramp: float = 8.0
+    # After a resume on what a probe got through (not on the estimate), the estimate is left
+    # this long to climb (8 %/s: ~30 kbit/s to 250 in half a minute) before a low one counts.
+    estimate_catch_up: float = 40.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ class VideoGate:
         self._since = clock()  # when the current state began
         self._low_since: float | None = None
         self._heavy_since: float | None = None
+        self._estimate_trusted_at = 0.0  # a low estimate pauses nothing before then
         self._high_since: float | None = None
         self._previous: int | None = None  # last fresh estimate while probing
         self._interval = settings.probe_interval
@@ -151,7 +155,8 @@ class VideoGate:
                     return self._enter(GateState.PAUSED, now)
             else:
                 self._heavy_since = None
-            if estimate_bps is not None and estimate_bps < s.pause_below_bps and lossy:
+            trusted = now >= self._estimate_trusted_at
+            if trusted and estimate_bps is not None and estimate_bps < s.pause_below_bps and lossy:
                 self._low_since = now if self._low_since is None else self._low_since
                 if now - self._low_since >= s.pause_after:
                     return self._enter(GateState.PAUSED, now)
@@ -182,6 +187,10 @@ class VideoGate:
             self._high_since = now if self._high_since is None else self._high_since
             if now - self._high_since >= s.resume_after:
                 self._interval = s.probe_interval
+                if (estimate_bps or 0) <= s.resume_above_bps:
+                    # resumed on what got through: the estimate is still climbing from its low
+                    # value and says nothing about the link for a while (heavy loss still does)
+                    self._estimate_trusted_at = now + s.estimate_catch_up
                 return self._enter(GateState.FLOWING, now)
         else:
             self._high_since = None

@@ -33,6 +33,11 @@ from tests.waiting import eventually
 
 WEAK_KBIT = 100
 VOICE_BPS = 32_000  # a browser's voice; aiortc's 96 kbit/s stereo alone would not fit the link
+# The weak participant's tone: 20 slots (400 Hz) away from the strong one's (source 1, 320 Hz).
+# With sources 1 and 2 (320 / 340 Hz) one 100 ms window at the start of a track, where the
+# level ramps up, could read as the neighbouring slot: `hears` then saw the listener's "own
+# voice" (a slot it must not hear) in a call that had none.
+WEAK_SOURCE = 2
 
 
 @pytest.fixture
@@ -83,12 +88,12 @@ async def weak_call(
     async def weak_joins() -> CallClient:
         client = CallClient(url, booking.psychologist_token)
         await client.connect()
-        await join_and_publish(client, room_id, source_id=2, voice_bitrate=VOICE_BPS)
+        await join_and_publish(client, room_id, source_id=WEAK_SOURCE, voice_bitrate=VOICE_BPS)
         return client
 
     weak = await remote.run(weak_joins())
     call = Call(server.app[RELAY_KEY], room_id, strong, weak, remote)
-    await sees(strong, weak, source_id=2, frames=5)
+    await sees(strong, weak, source_id=WEAK_SOURCE, frames=5)
     await remote.run(sees(weak, strong, source_id=1, frames=5))
     return call
 
@@ -148,7 +153,7 @@ async def test_a_weak_leg_keeps_the_voice_and_gets_the_video_back(
     call = await weak_call(make_app, aiohttp_server, storage, booking_factory, weak_namespace)
     strong, weak = call.strong, call.weak
     try:
-        await hears(strong, weak, source_id=2)
+        await hears(strong, weak, source_id=WEAK_SOURCE)
         await call.remote.run(hears(weak, strong, source_id=1))
         weak_seat = call.seat(weak)
 
@@ -208,7 +213,7 @@ async def test_a_weak_leg_keeps_the_voice_and_gets_the_video_back(
         assert measured >= 3.0, f"an uplink probe began {measured:.1f} s into the window"
         for loss, gap in figures:
             assert loss < 2.0 and gap < 200, figures
-        await still_hears(strong, weak, source_id=2)
+        await still_hears(strong, weak, source_id=WEAK_SOURCE)
         await call.remote.run(still_hears(weak, strong, source_id=1))
 
         weak_namespace.reshape(None)
@@ -230,7 +235,7 @@ async def test_a_weak_leg_keeps_the_voice_and_gets_the_video_back(
         # showed while the weak uplink flooded was the publisher's, not its link's)
         assert not call.told(strong, "video-paused", direction="down", socketId=strong.socket_id)
         await call.remote.run(sees(weak, strong, source_id=1, frames=10), timeout=60)
-        await sees(strong, weak, source_id=2, frames=10)
+        await sees(strong, weak, source_id=WEAK_SOURCE, frames=10)
     finally:
         await call.remote.run(weak.close())
         call.remote.stop()

@@ -219,6 +219,14 @@ def test_a_probe_that_delivers_enough_without_loss_resumes_before_the_estimate_a
         change = gate.update(estimate, 0.0, 300_000)
         seen.append(change and f"{change.before}>{change.after}")
     assert seen == [None, None, None, "probing>flowing"]  # above 250 for 3 s, then resumed
+    # the estimate still climbs from 38 kbit/s: low with some loss, it pauses nothing for a
+    # while; heavy loss with little getting through still does
+    assert run(gate, clock, 40_000, 10, loss=0.06) == []
+    clock.advance(1.0)
+    assert gate.update(40_000, 0.5, 60_000) is None
+    clock.advance(1.0)
+    change = gate.update(40_000, 0.5, 60_000)
+    assert change is not None and change.after is GateState.PAUSED
     # and a probe that got only 200 kbit/s through, or lost some of it, resumes nothing
     gate, clock = paused_gate()
     assert run(gate, clock, None, 10) == ["paused>probing"]
