@@ -79,6 +79,15 @@ class Forwarder:
         self._first_byte = 0x80
         self._needs_rebase = True
         self._needs_keyframe = kind == "video"
+        # Audio first (relay/adaptation.py): the subscriber's link cannot carry this video now.
+        # Checked only inside the `_needs_rebase` branch, which a pause enters: no cost per
+        # packet while the stream flows.
+        self._paused = False
+        # While paused or on probation, the subscriber's REMB does not hold the publisher back;
+        # nor does one below `remb_floor` (audio first: such a link gets no video, not a
+        # publisher slowed down for everyone).
+        self._remb_counts = True
+        self.remb_floor = 0
         # Whether the keyframe request of "the sink is ready now" went out (see `forward`).
         self._asked_when_ready = False
         self._seq_offset = 0
@@ -89,6 +98,11 @@ class Forwarder:
         self._rtx_seq = random.randrange(0x8000)
         self._history: list[bytes | None] = [None] * HISTORY_SIZE
         self._sr_sent: dict[int, float] = {}  # middle 32 bits of SR NTP → send time
+        # When the subscriber's last receiver report for this stream (its RTX stream: the
+        # padding of audio first's probe) came, and the loss it reported.
+        self.reported_at: float | None = None
+        self.padding_loss = 0.0
+        self.padding_reported_at: float | None = None
 
     @property
     def idle(self) -> bool:
@@ -96,7 +110,12 @@ class Forwarder:
 
     @property
     def remb_bps(self) -> int | None:
-        return self.stats.remb_bps
+        bps = self.stats.remb_bps
+        return bps if self._remb_counts and bps is not None and bps >= self.remb_floor else None
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
 
     def start(self, sink: PacketSink, parameters: SendParameters) -> None:
         """Called once the subscriber's answer is applied: from now on packets can flow."""
@@ -145,6 +164,60 @@ class Forwarder:
         self.stats.remb_bps = None  # before removal: the producer recomputes REMB without it
         producer.remove_forwarder(self)
 
+    # -- audio first ---------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Stop sending this stream to the subscriber (its link is too weak for it)."""
+        if self._paused:
+            return
+        self._paused = True
+        self._needs_rebase = True  # the branch `forward` checks the pause in
+        self._remb_counts = False
+        if self.producer is not None:
+            self.producer.update_bandwidth()
+
+    def resume(self, *, probing: bool = False) -> None:
+        """Send again, starting on a keyframe; `probing`: on probation, the subscriber's stale
+        REMB is forgotten and fresh ones do not yet hold the publisher back."""
+        if self._paused:
+            self._paused = False
+            self._needs_rebase = True
+            self._needs_keyframe = self.kind == "video"
+            self._asked_when_ready = False
+            self.stats.remb_bps = None
+            if self.producer is not None:
+                self.producer.request_keyframe()
+        self._remb_counts = not probing
+
+    @property
+    def can_pad(self) -> bool:
+        """Whether `padding_packet` can build one (checked without using a sequence number:
+        a gap in the RTX stream would read as the probe's loss)."""
+        return self._rtx_pt is not None and self._abs_send_time and self._sink is not None
+
+    def padding_packet(self, size: int) -> bytes | None:
+        """An RTP packet of `size` (1..255) padding bytes and no media on this slot's RTX stream,
+        with a fresh abs-send-time: audio first's downlink probe (relay/probe.py). The
+        subscriber's bandwidth estimator counts its size (aiortc's and Chromium's count padding);
+        its depacketizer drops it. None when the slot cannot carry one (no RTX, no
+        abs-send-time, not started)."""
+        if not self.can_pad or self._rtx_pt is None:
+            return None
+        rtx_seq = self._rtx_seq
+        self._rtx_seq = (rtx_seq + 1) & 0xFFFF
+        header = FIXED_HEADER.pack(
+            self._first_byte | 0x20, self._rtx_pt, rtx_seq, self._last_ts, self.rtx_ssrc
+        )
+        padding = bytes(size - 1) + bytes((size,))
+        return b"".join((header, self._ext_prefix, abs_send_time_now(), self._ext_suffix, padding))
+
+    def send_padding(self, size: int) -> int:
+        """Send one `padding_packet`; the bytes sent (0: none could be)."""
+        packet = self.padding_packet(size)
+        if packet is None or self._sink is None or not self._sink.send_rtp(packet):
+            return 0
+        return len(packet)
+
     # -- media path ---------------------------------------------------------------------------
 
     def forward(
@@ -152,6 +225,8 @@ class Forwarder:
     ) -> None:
         sink = self._sink
         if self._needs_rebase:
+            if self._paused:
+                return
             # readiness is checked only until the first packet goes out: afterwards a failed
             # send says the same, at no extra cost per packet
             if sink is None or not sink.ready:
@@ -244,6 +319,7 @@ class Forwarder:
             self.producer.update_bandwidth()
 
     def on_receiver_report(self, report: RtcpReceiverInfo) -> None:
+        self.reported_at = self._clock()
         stats = self.stats
         stats.packets_lost = report.packets_lost
         stats.fraction_lost = report.fraction_lost / 256
@@ -251,6 +327,11 @@ class Forwarder:
         sent_at = self._sr_sent.get(report.lsr)
         if report.lsr and sent_at is not None:
             stats.rtt_seconds = max(self._clock() - sent_at - report.dlsr / 65536, 0.0)
+
+    def on_padding_report(self, report: RtcpReceiverInfo) -> None:
+        """The subscriber's receiver report on this slot's RTX stream (the probe's padding)."""
+        self.padding_loss = report.fraction_lost / 256
+        self.padding_reported_at = self._clock()
 
     def sender_report(self) -> RtcpSrPacket | None:
         """The periodic RTCP sender report, mapping this stream's RTP clock to wall-clock time.

@@ -34,6 +34,7 @@ from aiortc.rtp import (
 
 from relay import _aiortc
 from relay._aiortc import IdleTrack, MediaTransport
+from relay.adaptation import Direction, GateReason, GateState, Transition, VideoGate
 from relay.candidates import Candidate, CandidateError, Ignored, IpAddress, parse_candidate
 from relay.forwarder import Forwarder, SendParameters
 from relay.negotiation import (
@@ -45,6 +46,7 @@ from relay.negotiation import (
     check_supported,
     parse_sections,
 )
+from relay.probe import PaddingProbe
 from relay.producer import Producer
 from relay.reasons import LeaveReason
 from relay.rtp import find_extension, payload_bounds
@@ -56,6 +58,9 @@ logger = logging.getLogger(__name__)
 # Media-path exceptions logged with a traceback per relay; after that they are only counted
 # (RelayStats.media_path_errors), so a bug hit by every packet cannot flood the log.
 LOGGED_MEDIA_PATH_ERRORS = 5
+# A receiver report this recent says something about the link now (they come every ~1 s; a
+# stream paused or a browser's 5 s audio interval leaves older ones standing).
+FRESH_REPORT = 2.5
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,12 @@ class ParticipantOwner(Protocol):
         """Who the participant with this connection id is, while they are in the room."""
         ...
 
+    def video_changed(
+        self, participant: Participant, direction: Direction, paused: bool, reason: GateReason
+    ) -> None:
+        """Audio first paused or resumed a video of the participant: tell everyone in the room."""
+        ...
+
 
 class ParticipantListener(Protocol):
     """What the relay tells the participant's signaling connection. Calls must not block."""
@@ -101,6 +112,9 @@ class ParticipantListener(Protocol):
     def tracks_changed(self, tracks: list[TrackInfo]) -> None: ...
     def closed_by_relay(self, reason: LeaveReason) -> None: ...
     def negotiation_failed(self, message: str) -> None: ...
+    def video_changed(
+        self, subject: Participant, direction: Direction, paused: bool, reason: GateReason
+    ) -> None: ...
 
 
 @dataclass
@@ -158,6 +172,7 @@ class Participant:
         self._routing = _PublisherRouting()
         self._offered: list[MediaSection] = []  # the sections of the last answered offer
         self._forwarders_by_ssrc: dict[int, Forwarder] = {}
+        self._forwarders_by_rtx_ssrc: dict[int, Forwarder] = {}  # REMB of a probe, its reports
         self._publisher_lock = asyncio.Lock()
         self._pending_subscriptions: list[Producer] = []
         self._awaiting_answer = False
@@ -173,6 +188,17 @@ class Participant:
         }
         self.candidates_ignored: dict[Ignored, int] = dict.fromkeys(Ignored, 0)
         self._host_addresses: tuple[str, ...] | None = None
+        # Audio first (relay/adaptation.py): this participant's downlink and uplink for video.
+        self.downlink_gate = VideoGate(settings.video_gate, clock)
+        self.uplink_gate = VideoGate(settings.video_gate, clock)
+        self._video_sent = 0  # video bytes forwarded to this participant, at the last tick
+        self._video_sent_at = clock()
+        self._video_received = 0  # video bytes received from this participant, at the last tick
+        self._video_received_at = clock()
+        self._probe: PaddingProbe | None = None  # the downlink's probe while one runs
+        self._probe_began = 0.0
+        self._probe_counted = 0  # its bytes sent, and when, at the last tick
+        self._probe_counted_at = 0.0
 
     @property
     def socket_id(self) -> str:
@@ -433,12 +459,16 @@ class Participant:
             clock=self._clock,
             wall_clock=time.time,
         )
+        if self._settings.audio_first:
+            forwarder.remb_floor = self._settings.video_gate.pause_below_bps
         owner = self._owner.participant_info(producer.owner)
         forwarder.attach(producer)
         self.slots.append(
             Slot(transceiver, forwarder, last_user_id=owner.user_id if owner else None)
         )
         self._forwarders_by_ssrc[ssrc] = forwarder
+        if rtx_ssrc:
+            self._forwarders_by_rtx_ssrc[rtx_ssrc] = forwarder
 
     async def handle_subscriber_answer(self, sdp: str) -> None:
         pc = self._subscriber_pc
@@ -496,6 +526,8 @@ class Participant:
                     forwarder = by_ssrc.get(report.ssrc)
                     if forwarder is not None:
                         forwarder.on_receiver_report(report)
+                    elif (forwarder := self._forwarders_by_rtx_ssrc.get(report.ssrc)) is not None:
+                        forwarder.on_padding_report(report)
             elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
                 forwarder = by_ssrc.get(packet.media_ssrc)
                 if forwarder is not None:
@@ -519,6 +551,9 @@ class Participant:
             except ValueError:
                 return
             video = [by_ssrc[s] for s in ssrcs if s in by_ssrc and by_ssrc[s].kind == "video"]
+            if not video:  # only the padding of a probe arrived (its RTX stream): the same link
+                by_rtx = self._forwarders_by_rtx_ssrc
+                video = list({id(f): f for s in ssrcs if (f := by_rtx.get(s))}.values())
             for forwarder in video:
                 forwarder.on_remb(bitrate // len(video))
 
@@ -646,6 +681,9 @@ class Participant:
             )
         for producer in self.producers.values():
             producer.update_bandwidth(force=True)
+        if self._settings.audio_first:
+            self._gate_downlink()
+            self._gate_uplink()
         if self._subscriber_transport is not None:
             sender_reports = [
                 bytes(sr) for slot in self.slots if (sr := slot.forwarder.sender_report())
@@ -657,6 +695,162 @@ class Participant:
             if arrivals:
                 self.first_media_at = min(arrivals)
                 self._stats.setup_time.observe(max(self.first_media_at - self.joined_at, 0))
+
+    def _gate_downlink(self) -> None:
+        """Audio first, relay → participant: forward its incoming video only while its REMB
+        (summed over the video it receives) says the link carries it; while paused, probe the
+        link with padding (relay/probe.py) rather than with the video."""
+        video = [s.forwarder for s in self.slots if s.started and s.forwarder.kind == "video"]
+        estimates = [f.stats.remb_bps for f in video if f.producer is not None]
+        known = [bps for bps in estimates if bps is not None]
+        estimate = sum(known) if known else None
+        now, sent = self._clock(), sum(f.stats.bytes for f in video)
+        elapsed = now - self._video_sent_at
+        sent_bps = (sent - self._video_sent) * 8 / elapsed if elapsed > 0 else 0.0
+        self._video_sent, self._video_sent_at = sent, now
+        gate = self.downlink_gate
+        flowing = gate.state is GateState.FLOWING
+        if flowing and estimate is not None and sent_bps < 1.5 * estimate:
+            # A receive-side estimate cannot exceed ~1.5 x what it receives: low, it may only
+            # say the publisher sends little (a weak uplink, a still picture), not that this
+            # link is weak. It is a verdict only when the relay sends clearly more than that.
+            estimate = None
+        video_loss = self._fresh_loss(video, now - FRESH_REPORT)
+        delivered = sent_bps * (1 - video_loss) if flowing else None
+        loss = max(video_loss, self._fresh_loss(self._audio_out(), now - FRESH_REPORT))
+        if gate.state is GateState.PROBING:
+            loss = max(loss, self._probe_loss(video))
+            delivered = self._probe_delivered(video, now)
+            if self._probe is not None and self._probe.stopped_early:
+                loss = max(loss, 1.0)  # it saw the link full (a report since replaced)
+        change = gate.update(estimate, loss, delivered)
+        if change is None:
+            if gate.state is not GateState.FLOWING:  # probing too: padding, not the video
+                for forwarder in video:
+                    forwarder.pause()  # a slot started while paused
+            return
+        if change.after is GateState.PROBING:
+            for forwarder in video:
+                forwarder.pause()
+                forwarder.stats.remb_bps = None  # judge the probe on fresh estimates only
+            self._start_probe(video)
+        else:
+            self._stop_probe()
+            for forwarder in video:
+                if change.after is GateState.FLOWING:
+                    forwarder.resume()
+                else:
+                    forwarder.pause()
+        self._tell_video_change(Direction.DOWN, change)
+
+    def _audio_out(self) -> list[Forwarder]:
+        return [s.forwarder for s in self.slots if s.started and s.forwarder.kind == "audio"]
+
+    @staticmethod
+    def _fresh_loss(forwarders: list[Forwarder], since: float) -> float:
+        """The worst loss on this link (relay → subscriber) among these streams, from the
+        subscriber's reports since `since`. A report counts the publisher's own losses too (the
+        relay forwards its sequence numbers): what the relay itself missed from the publisher
+        is taken out, so a weak uplink elsewhere is not this link's fault."""
+        worst = 0.0
+        for f in forwarders:
+            producer = f.producer
+            if producer is None or f.reported_at is None or f.reported_at < since:
+                continue
+            upstream = min(producer.recent_loss, 0.99)
+            worst = max(worst, 1 - (1 - f.stats.fraction_lost) / (1 - upstream))
+        return worst
+
+    def _probe_loss(self, video: list[Forwarder]) -> float:
+        """Loss on the probe's padding and the audio beside it, reported since it began."""
+        since = self._probe_began
+        padding = max(
+            (
+                f.padding_loss
+                for f in video
+                if f.padding_reported_at is not None and f.padding_reported_at >= since
+            ),
+            default=0.0,
+        )
+        return max(padding, self._fresh_loss(self._audio_out(), since))
+
+    def _probe_delivered(self, video: list[Forwarder], now: float) -> float | None:
+        """What the probe's padding delivered since the last tick (bit/s), when a report since
+        then says how much of it was lost; None otherwise."""
+        probe = self._probe
+        if probe is None:
+            return None
+        sent = probe.sent_bytes - self._probe_counted
+        elapsed = now - self._probe_counted_at
+        self._probe_counted, self._probe_counted_at = probe.sent_bytes, now
+        since = max(self._probe_began, now - FRESH_REPORT)
+        reports = [
+            f.padding_loss
+            for f in video
+            if f.padding_reported_at is not None and f.padding_reported_at >= since
+        ]
+        if not reports or elapsed <= 0:
+            return None
+        return sent * 8 / elapsed * (1 - max(reports))
+
+    def _start_probe(self, video: list[Forwarder]) -> None:
+        self._stop_probe()
+        carrier = next((f for f in video if f.can_pad), None)
+        if carrier is None:
+            return  # no RTX or abs-send-time negotiated: the probe only waits (probe_for)
+        settings = self._settings.video_gate
+        self._probe_began = self._probe_counted_at = self._clock()
+        self._probe_counted = 0
+        threshold = settings.probe_loss
+
+        def overused() -> bool:
+            return self._probe_loss(video) >= threshold
+
+        self._probe = PaddingProbe(
+            carrier,
+            start_bps=settings.probe_start_bps,
+            target_bps=settings.probe_target_bps,
+            ramp_seconds=settings.probe_ramp,
+            clock=self._clock,
+            overused=overused,
+        )
+        self._probe.start()
+
+    def _stop_probe(self) -> None:
+        if self._probe is not None:
+            self._probe.stop()
+            self._probe = None
+
+    def _gate_uplink(self) -> None:
+        """Audio first, participant → relay: ask the participant to stop sending video while
+        the relay's own estimate of its uplink says the link cannot carry it."""
+        video = [p for p in self.producers.values() if p.kind == "video"]
+        known = [bps for p in video if (bps := p.stats.estimate_bps) is not None]
+        loss = max((p.stats.fraction_lost for p in video), default=0.0)
+        now, received = self._clock(), sum(p.stats.bytes for p in video)
+        elapsed = now - self._video_received_at
+        delivered = (received - self._video_received) * 8 / elapsed if elapsed > 0 else None
+        self._video_received, self._video_received_at = received, now
+        change = self.uplink_gate.update(max(known) if known else None, loss, delivered)
+        if change is None:
+            return
+        flowing = change.after is GateState.FLOWING
+        for producer in video:
+            producer.probe_bps = None if flowing else self._settings.video_gate.probe_target_bps
+        if change.after is GateState.PROBING:
+            for producer in video:
+                producer.restart_estimate()  # judge the probe on fresh estimates only
+            self.listener.video_changed(self, Direction.UP, False, GateReason.PROBE)
+        elif change.before is GateState.PROBING and change.after is GateState.PAUSED:
+            self.listener.video_changed(self, Direction.UP, True, GateReason.WEAK)
+        self._tell_video_change(Direction.UP, change)
+
+    def _tell_video_change(self, direction: Direction, change: Transition) -> None:
+        """A pause or a resume the UIs see (probes are not announced to the room)."""
+        if change.resumed:
+            self._owner.video_changed(self, direction, False, GateReason.RECOVERED)
+        elif change.paused:
+            self._owner.video_changed(self, direction, True, GateReason.WEAK)
 
     def _media_path_failed(self) -> None:
         """A bug on the media path (not a bad packet): count it, log the first few in full.
@@ -703,6 +897,7 @@ class Participant:
         if self.closed:
             return
         self.closed = True
+        self._stop_probe()
         for producer in self.producers.values():
             producer.close()
         for slot in self.slots:

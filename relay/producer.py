@@ -118,6 +118,9 @@ class Producer:
         self._estimator = RemoteBitrateEstimator() if self._abs_send_time_id else None
         self._frame_bytes = 0
         self._remb_sent: int | None = None
+        self.recent_loss = 0.0  # see `receiver_report`
+        # Set while audio first has this publisher's video paused or probing: the REMB floor.
+        self.probe_bps: int | None = None
         self._remb_sent_at = 0.0
 
     # -- media path ---------------------------------------------------------------------------
@@ -224,6 +227,14 @@ class Producer:
             self.stats.estimate_bps = update[0]
             self.update_bandwidth()
 
+    def restart_estimate(self) -> None:
+        """Start the uplink estimate afresh (audio first's probe, relay/adaptation.py): the old
+        estimator's rate control would climb from the value it had when the video paused."""
+        if self._estimator is not None:
+            self._estimator = RemoteBitrateEstimator()
+        self._frame_bytes = 0
+        self.stats.estimate_bps = None
+
     # -- forwarders ---------------------------------------------------------------------------
 
     @property
@@ -264,7 +275,12 @@ class Producer:
         if not self._is_video or self.media_ssrc is None or not self.codec.remb:
             return
         candidates = [bps for f in self._forwarders if (bps := f.remb_bps)]
-        if self.stats.estimate_bps:
+        if self.probe_bps is not None:
+            # Audio first's uplink paused or on probation (relay/adaptation.py): the relay's own
+            # estimate is stale or still ramping, and would pin the publisher's rate (Chromium
+            # keeps the last REMB as its limit) too low for the probe to show the link again.
+            candidates = [max(min(candidates, default=self.probe_bps), self.probe_bps)]
+        elif self.stats.estimate_bps:
             candidates.append(self.stats.estimate_bps)
         if not candidates:
             return
@@ -313,6 +329,9 @@ class Producer:
         fraction = (lost_interval << 8) // expected_interval if expected_interval > 0 else 0
         fraction = min(max(fraction, 0), 255)
         self.stats.packets_lost = lost
+        # the worse of this interval and the one before: a subscriber's report interval spans
+        # parts of both (audio first takes this out of what the subscriber reports lost)
+        self.recent_loss = max(fraction / 256, self.stats.fraction_lost)
         self.stats.fraction_lost = fraction / 256
         self.stats.jitter_seconds = self._jitter / self._clock_rate
         dlsr = int((now - self._sr_received_at) * 65536) if self._sr_ntp_middle else 0

@@ -9,6 +9,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Protocol
 
+from relay.adaptation import Direction, GateReason
 from relay.participant import Participant, ParticipantInfo, ParticipantListener
 from relay.producer import Producer
 from relay.reasons import LeaveReason
@@ -192,6 +193,12 @@ class Room:
     def participant_info(self, socket_id: str) -> ParticipantInfo | None:
         participant = self.participants.get(socket_id)
         return participant.info if participant is not None else None
+
+    def video_changed(
+        self, participant: Participant, direction: Direction, paused: bool, reason: GateReason
+    ) -> None:
+        for member in self.participants.values():
+            member.listener.video_changed(participant, direction, paused, reason)
 
     def set_media_state(
         self, participant: Participant, audio: bool, video: bool, screen: bool

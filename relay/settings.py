@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from aiortc import RTCBundlePolicy, RTCConfiguration, RTCIceServer
 
+from relay.adaptation import GateSettings
 from relay.candidates import PeerPolicy
 
 
@@ -39,6 +40,9 @@ class RelaySettings:
     # Read the ICE sockets in batches, one readiness event draining each (relay/_aiortc/reader.py);
     # False keeps asyncio's one-datagram-per-iteration transport (also the automatic fallback).
     batched_receive: bool = True
+    # Audio first (relay/adaptation.py): pause video on a link whose estimate is too low for it.
+    audio_first: bool = True
+    video_gate: GateSettings = field(default_factory=GateSettings)
 
     def rtc_configuration(self) -> RTCConfiguration:
         return RTCConfiguration(

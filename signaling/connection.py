@@ -21,6 +21,7 @@ from calls.errors import CallError, ErrorKind, unavailable
 from calls.identity import Identity
 from calls.log_context import CALL_ID, CONNECTION_ID
 from calls.service import JOIN_ENDPOINT, CallEnded, CallService, OverBudget, RoomIsFull, Seat
+from relay.adaptation import Direction, GateReason
 from relay.candidates import CandidateError
 from relay.negotiation import NegotiationError
 from relay.participant import Participant, ParticipantInfo, TrackInfo
@@ -571,6 +572,12 @@ class SignalingConnection:
                 **protocol.media_state_json(other.media),
             },
         )
+
+    def video_changed(
+        self, subject: Participant, direction: Direction, paused: bool, reason: GateReason
+    ) -> None:
+        event = "video-paused" if paused else "video-resumed"
+        self._send(event, protocol.video_changed_json(subject, str(direction), str(reason)))
 
     def subscriber_offer(self, sdp: str, tracks: list[TrackInfo]) -> None:
         self._send(

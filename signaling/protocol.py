@@ -41,6 +41,8 @@ SERVER_EVENTS = (
     "answer",
     "tracks",
     "media-state",
+    "video-paused",
+    "video-resumed",
     "room-left",
     "call-ended",
     "pong",
@@ -227,6 +229,16 @@ def participant_json(participant: Participant) -> dict[str, Any]:
         "userRole": info.role,
         "joinedAt": iso_timestamp(participant.joined_at_wall),
         "media": media_state_json(participant.media),
+    }
+
+
+def video_changed_json(subject: Participant, direction: str, reason: str) -> dict[str, Any]:
+    """`video-paused` / `video-resumed` (audio first): whose link, which way, why."""
+    return {
+        "socketId": subject.socket_id,
+        "userId": subject.info.user_id,
+        "direction": direction,
+        "reason": reason,
     }
 
 

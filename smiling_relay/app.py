@@ -69,6 +69,7 @@ def relay_settings(config: Config) -> RelaySettings:
         bind_ips=config.relay_bind_ips,
         udp_ports=config.relay_udp_ports,
         peer_policy=PeerPolicy(parse_ranges(config.relay_allowed_peer_ranges)),
+        audio_first=config.audio_first,
     )
 
 

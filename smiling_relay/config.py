@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # End-to-end media encryption in the browsers (docs/e2ee.md): refuse, allow or skip the fallback.
 E2EE_POLICIES = ("required", "preferred", "off")
+ON_OFF = ("on", "off")
 PRODUCTION_NAMES = frozenset({"production", "prod"})
 MIN_SECRET_LENGTH = 32
 LOG_FORMATS = ("json", "text")
@@ -107,6 +108,9 @@ class Config:
     data_encryption_key: str | None = field(default=None, repr=False)
     # E2EE=required|preferred|off, handed to the page in /api/video-calls/config.
     e2ee: str = "preferred"
+    # AUDIO_FIRST=on|off: pause a participant's video while its link is too weak for it, keep
+    # the voice (relay/adaptation.py).
+    audio_first: bool = True
     # -- HTTP hardening and operations (docs: README "Configuration", "Production notes") --
     # TLS in the server itself (HTTPS and WSS, TLS >= 1.2) when both files are given.
     tls_cert_file: str | None = None
@@ -274,6 +278,8 @@ class Config:
             metrics_auth_token=metrics_token,
             data_encryption_key=data_key,
             e2ee=_check_choice("E2EE", env.get_str("E2EE") or "preferred", E2EE_POLICIES),
+            audio_first=_check_choice("AUDIO_FIRST", env.get_str("AUDIO_FIRST") or "on", ON_OFF)
+            == "on",
             tls_cert_file=tls_cert,
             tls_key_file=tls_key,
             http_redirect_port=redirect_port,

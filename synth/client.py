@@ -29,6 +29,7 @@ from aiortc import (
 )
 
 from relay._aiortc import transform_received_frames, transform_sent_frames
+from relay._aiortc.hooks import preset_voice_bitrate
 from synth.e2ee import E2eeSession
 from synth.measure import StreamCounter, tap_receiver
 from synth.probe import AudioProbe, VideoProbe
@@ -78,6 +79,8 @@ class CallClient:
         self._reader: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self.closed_code: int | None = None
+        # Audio first: the relay asked this client to stop sending video (sender → its track).
+        self.video_held: dict[RTCRtpSender, MediaStreamTrack] = {}
         # End-to-end encryption as the browser client does it (synth/e2ee.py), when asked.
         self.want_e2ee = e2ee
         self.e2ee: E2eeSession | None = None
@@ -109,13 +112,23 @@ class CallClient:
             raise SignalingError(message["data"]["code"], message["data"]["message"])
         return dict(message["data"])
 
-    async def publish(self, *tracks: MediaStreamTrack, video_codec: str | None = None) -> None:
-        """Send `tracks` to the relay on the publisher connection (offer → answer)."""
+    async def publish(
+        self,
+        *tracks: MediaStreamTrack,
+        video_codec: str | None = None,
+        voice_bitrate: int | None = None,
+    ) -> None:
+        """Send `tracks` to the relay on the publisher connection (offer → answer).
+
+        `voice_bitrate`: Opus at this rate (a browser's voice is ~32 kbit/s) instead of aiortc's
+        96 kbit/s stereo, which alone would not fit a 100 kbit/s link."""
         pc = self.publisher = RTCPeerConnection(self._configuration)
         if self.e2ee is not None:
             video_codec = "VP8"  # the clear prefix of a frame is defined for VP8 and Opus
         for track in tracks:
             transceiver = pc.addTransceiver(track, direction="sendonly")
+            if track.kind == "audio" and voice_bitrate:
+                preset_voice_bitrate(transceiver.sender, voice_bitrate)
             if self.e2ee is not None:
                 transform_sent_frames(transceiver.sender, track.kind, self.e2ee.cipher.encrypt)
             if track.kind == "video" and video_codec:
@@ -200,8 +213,26 @@ class CallClient:
             await self._answer_subscriber(data["offer"]["sdp"])
         elif event == "tracks":
             self._update_tracks(data["tracks"])
+        elif event in ("video-paused", "video-resumed") and _asks_me(data, self.socket_id):
+            self._send_video(event == "video-resumed")
         if self.e2ee is not None:
             await self._react_e2ee(self.e2ee, event, data)
+
+    def _send_video(self, on: bool) -> None:
+        """Audio first, uplink: stop sending video (the track stays; nothing is encoded) or
+        send it again, as the relay asks (docs/signaling.md, `video-paused`)."""
+        if self.publisher is None:
+            return
+        if on:
+            for sender, track in self.video_held.items():
+                sender.replaceTrack(track)
+            self.video_held.clear()
+            return
+        for sender in self.publisher.getSenders():
+            track = sender.track
+            if track is not None and track.kind == "video":
+                self.video_held[sender] = track
+                sender.replaceTrack(None)
 
     @staticmethod
     async def _react_e2ee(e2ee: E2eeSession, event: Any, data: dict[str, Any]) -> None:
@@ -330,3 +361,9 @@ class CallClient:
         """The packet counter of `socket_id`'s `kind` track (decoding or not)."""
         mid = self.mid_of(socket_id, kind)
         return self.stream_counters.get(mid) if mid else None
+
+
+def _asks_me(data: dict[str, Any], socket_id: str | None) -> bool:
+    """Whether a `video-paused`/`video-resumed` is about this client's own uplink (the others'
+    pauses only change what a UI shows)."""
+    return data.get("direction") == "up" and data.get("socketId") == socket_id

@@ -228,6 +228,21 @@ class ClientNamespace:
             rate = ["rate", f"{imp.rate_kbit}kbit", "burst", str(burst), "latency", "200ms"]
             _run(*prefix, "tc", "qdisc", "add", "dev", device, *parent, "tbf", *rate)
 
+    def reshape(self, rate_kbit: int | None) -> None:
+        """Change (None: lift) the rate limit of a live namespace, both ends, mid-call; loss
+        and delay stay as they were."""
+        imp = Impairment(self.impairment.loss_pct, rate_kbit, *self._delays())
+        imp.validate()
+        for device, namespace in ((self.host_if, None), (self.client_if, self.name)):
+            prefix = ["ip", "netns", "exec", namespace] if namespace else []
+            _run(*prefix, "tc", "qdisc", "del", "dev", device, "root", check=False)
+        self.impairment = imp
+        self._qdisc(self.host_if, None)
+        self._qdisc(self.client_if, self.name)
+
+    def _delays(self) -> tuple[float, float]:
+        return self.impairment.delay_ms, self.impairment.jitter_ms
+
     def _shape(self) -> None:
         imp = self.impairment
         self._qdisc(self.host_if, None)  # downlink: towards the clients

@@ -25,6 +25,8 @@ from relay._aiortc.hooks import RtpPacketHandler
 from relay.rtp import h264_keyframe, vp8_keyframe
 from synth.probe import FREEZE_THRESHOLD_MS, percentile
 
+AUDIO_GAP_MS = 60.0  # three 20 ms packets missing in a row: an audible drop-out
+
 __all__ = [
     "CLK_TCK",
     "CORES",
@@ -226,6 +228,9 @@ class StreamCounter:
         self.first_keyframe_at: float | None = None
         self.last_frame_at: float | None = None
         self.freezes: list[FreezeSpan] = []
+        # audio: silences longer than AUDIO_GAP_MS between two packets (audio first's figure)
+        self.gaps: list[FreezeSpan] = []
+        self.last_packet_at: float | None = None
         # second → [payload bytes, media packets, frames, lost, recovered]
         self.buckets: dict[int, list[int]] = {}
         self.codecs_seen: set[str] = set()
@@ -298,6 +303,11 @@ class StreamCounter:
             self._missing.clear()
         if self.first_packet_at is None:
             self.first_packet_at = arrival
+        if self.kind == "audio":
+            last = self.last_packet_at
+            if last is not None and (arrival - last) * 1000 > AUDIO_GAP_MS:
+                self.gaps.append(FreezeSpan(last, (arrival - last) * 1000))
+            self.last_packet_at = arrival if last is None else max(last, arrival)
         bucket = self._bucket(second)
         self.media_packets += 1
         self.bytes += len(payload)
@@ -339,6 +349,15 @@ class StreamCounter:
             self.keyframes += 1
             if self.first_keyframe_at is None:
                 self.first_keyframe_at = arrival
+
+    def longest_gap_ms(self, start: float, end: float) -> float:
+        """The longest audio silence (> AUDIO_GAP_MS) that began within [start, end), 0 if none;
+        times in wall-clock seconds. A silence still going on at `end` counts up to `end`."""
+        gaps = [g.duration_ms for g in self.gaps if start <= g.start < end]
+        last = self.last_packet_at
+        if last is not None and start <= last < end and (end - last) * 1000 > AUDIO_GAP_MS:
+            gaps.append((end - last) * 1000)
+        return max(gaps, default=0.0)
 
     def _keyframe(self, payload_type: int, payload: bytes) -> bool:
         codec = (self.codec_of(payload_type) or "vp8").lower()

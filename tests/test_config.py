@@ -168,3 +168,14 @@ def test_e2ee_policy_defaults_to_preferred_and_refuses_other_values() -> None:
     assert Config.from_env({"E2EE": "Required"}).e2ee == "required"
     with pytest.raises(ConfigError, match=r"E2EE must be one of required\|preferred\|off"):
         Config.from_env({"E2EE": "maybe"})
+
+
+def test_audio_first_defaults_to_on_and_refuses_other_values() -> None:
+    assert Config.from_env({}).audio_first is True
+    assert Config.from_env({"AUDIO_FIRST": "OFF"}).audio_first is False
+    with pytest.raises(ConfigError, match=r"AUDIO_FIRST must be one of on\|off"):
+        Config.from_env({"AUDIO_FIRST": "yes"})
+    from smiling_relay.app import relay_settings
+
+    assert relay_settings(Config.from_env({"AUDIO_FIRST": "off"})).audio_first is False
+    assert relay_settings(Config.from_env({})).audio_first is True

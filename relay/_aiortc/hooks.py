@@ -107,3 +107,13 @@ def wrap_rtp_handler(
 ) -> None:
     """Replace the receiver's per-packet handler with `wrap(original)`."""
     receiver._handle_rtp_packet = wrap(receiver._handle_rtp_packet)  # type: ignore[method-assign,assignment]
+
+
+def preset_voice_bitrate(sender: RTCRtpSender, bitrate: int) -> None:
+    """Encode this audio sender's Opus at `bitrate` (aiortc's own is 96 kbit/s, stereo, three
+    times a browser's voice): its encoder is made here, before the first frame opens it."""
+    from aiortc.codecs.opus import OpusEncoder
+
+    encoder = OpusEncoder()
+    encoder.codec.bit_rate = bitrate
+    sender._RTCRtpSender__encoder = encoder  # type: ignore[attr-defined]

@@ -17,10 +17,14 @@ async def open_room(storage: Storage, booking: Booking) -> str:
     return room_id
 
 
-async def join_and_publish(client: CallClient, room_id: str, source_id: int) -> None:
+async def join_and_publish(
+    client: CallClient, room_id: str, source_id: int, voice_bitrate: int | None = None
+) -> None:
     await client.join(room_id)
     await client.publish(
-        PatternVideoTrack(source_id=source_id), ToneAudioTrack(source_id=source_id)
+        PatternVideoTrack(source_id=source_id),
+        ToneAudioTrack(source_id=source_id),
+        voice_bitrate=voice_bitrate,
     )
 
 

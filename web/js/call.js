@@ -201,6 +201,7 @@ export class CallSession extends Emitter {
     const identity = await signaling.connect();
     if (generation !== this._generation) throw new AppError("CANCELLED", "superseded");
     this.local.socketId = identity.socketId ?? null;
+    this.local.weakVideo = null; // a new seat: the relay judges its links afresh (audio first)
     this.local.userId = identity.userId ?? this.local.userId;
     this.local.role = identity.role ?? this.local.role;
     this._resolveLocalName();
@@ -358,6 +359,9 @@ export class CallSession extends Emitter {
         this._announce(`${displayName(p)} turned their camera ${p.media.video ? "on" : "off"}.`);
       }
     });
+    // Audio first (docs/signaling.md): a video paused on a weak link, or back.
+    signaling.on("video-paused", (m) => current() && this._videoGate(m, true));
+    signaling.on("video-resumed", (m) => current() && this._videoGate(m, false));
     signaling.on("offer", ({ offer, target, tracks }) => {
       if (!current() || target !== "subscriber") return;
       this._ensureSubscriber(signaling, generation).handleOffer(offer, tracks);
@@ -709,6 +713,25 @@ export class CallSession extends Emitter {
     // Keep the devices for a retry after a network problem; release them when nothing can follow.
     if (FATAL_CODES.has(error.code) || error.code === "ROOM_FULL") this.media.stop();
     this._setPhase("error");
+  }
+
+  /** `video-paused` / `video-resumed`: stop or resume our own video when the relay asks
+   *  (direction "up", our socket id), and show whose video is paused. A "probe" resumes
+   *  sending on probation: the notice stays until the relay says "recovered". */
+  _videoGate({ socketId, direction, reason }, paused) {
+    if (direction !== "up" && direction !== "down") return;
+    const own = socketId === this.local.socketId;
+    if (own && direction === "up") void this.publisher?.setVideoSending(!paused);
+    if (reason === "probe") return;
+    const who = own ? this.local : this.participants.get(socketId);
+    if (!who) return;
+    who.weakVideo = { ...(who.weakVideo ?? {}), [direction]: paused };
+    this._emitParticipants();
+    if (paused) {
+      this._announce(own ? "Video paused: weak connection. Audio continues." : `${displayName(who)}: video paused, weak connection.`);
+    } else {
+      this._announce(own ? "Video resumed." : `${displayName(who)}: video resumed.`);
+    }
   }
 
   _addParticipant(p) {

@@ -153,6 +153,21 @@ export class PublisherConnection extends RelayConnection {
     this._preferResolution(track?.contentHint === "detail");
   }
 
+  /** Audio first: stop (false) or resume (true) sending video, without renegotiation; the
+   *  track stays attached, the encoder just idles (RTCRtpEncodingParameters.active). */
+  async setVideoSending(on) {
+    const sender = this.video?.sender;
+    if (!sender?.getParameters || this.closed) return;
+    try {
+      const params = sender.getParameters();
+      if (!params.encodings?.length) return;
+      for (const encoding of params.encodings) encoding.active = on;
+      await sender.setParameters(params);
+    } catch (err) {
+      console.warn("[smiling] could not", on ? "resume" : "pause", "the video:", err);
+    }
+  }
+
   async setAudioTrack(track) {
     if (!this.audio || this.closed) return;
     await this.audio.sender.replaceTrack(track ?? null);

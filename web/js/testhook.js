@@ -39,6 +39,7 @@ export function installTestHook(app) {
         media: { ...p.media },
         hasVideoTrack: Boolean(p.tracks?.video),
         hasAudioTrack: Boolean(p.tracks?.audio),
+        weakVideo: p.weakVideo ? { ...p.weakVideo } : null,
       }));
     },
     get lastErrorCode() {

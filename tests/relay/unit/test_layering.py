@@ -15,10 +15,11 @@ LAYERS: list[set[str]] = [
     {"sfu"},
     {"room"},
     {"participant"},
+    {"probe"},
     {"forwarder", "_aiortc"},
     {"producer"},
     {"negotiation", "rtp", "stats", "settings", "reasons"},
-    {"candidates"},
+    {"candidates", "adaptation"},
 ]
 # `_aiortc` (aiortc's private internals) is for the participant and the relay's start-up only.
 AIORTC_USERS = {"sfu", "participant"}

@@ -137,6 +137,9 @@ class LonelyRoom:
     def participant_info(self, socket_id: str) -> ParticipantInfo | None:
         return None
 
+    def video_changed(self, participant: Participant, *args: Any) -> None:
+        raise AssertionError("no video to pause")
+
 
 def participant(socket_id: str, stats: RelayStats) -> Participant:
     """A participant built without a room or a relay: its owner is a tiny stand-in."""

@@ -219,8 +219,9 @@ export class App {
     const remotes = [...s.participants.values()];
     const media = s.media.state();
     const waitingFor = s.counterpartName();
-    this.video.setLocal({ name: s.local.name, role: s.local.role, media, stream: s.media.previewStream() });
-    this.video.setRemotes(remotes, { waitingFor });
+    const weakVideo = s.local.weakVideo;
+    this.video.setLocal({ name: s.local.name, role: s.local.role, media, stream: s.media.previewStream(), weakVideo });
+    this.video.setRemotes(remotes, { waitingFor, weakDown: Boolean(weakVideo?.down) });
     this.participantList.update({ ...s.local, media }, remotes);
     this.controls.update({
       ...media,

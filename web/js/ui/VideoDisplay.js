@@ -14,6 +14,8 @@ class VideoTile {
     this.role = h("span", { class: "tile-role" });
     this.micOff = h("span", { class: "tile-badge badge-muted", title: "Microphone off" }, icon("mic-off", { size: 16 }), h("span", { class: "sr-only", text: "Microphone off" }));
     this.presenting = h("span", { class: "tile-badge badge-screen" }, icon("monitor", { size: 16 }), h("span", { text: "Presenting" }));
+    // Audio first: over the picture, so the tile keeps its size (docs/signaling.md).
+    this.weak = h("span", { class: "tile-badge badge-weak", role: "status", hidden: true, text: "Video paused: weak connection" });
     this.soundButton = h(
       "button",
       { type: "button", class: "tile-sound", hidden: true, onclick: () => this._play() },
@@ -27,12 +29,13 @@ class VideoTile {
       this.avatar,
       h("figcaption", { class: "tile-caption" }, this.name, this.role, this.micOff),
       this.presenting,
+      this.weak,
       this.soundButton,
     );
     this._trackIds = "";
   }
 
-  update({ name, role, audio, video, screen, tracks, stream }) {
+  update({ name, role, audio, video, screen, tracks, stream, weak = false }) {
     const label = `${name}${role ? `, ${ROLE_LABELS[role] ?? role}` : ""}`;
     this.el.setAttribute("aria-label", this.local ? `Your video (${name})` : `Video of ${label}`);
     this.el.dataset.socketId = this.socketId ?? "";
@@ -41,6 +44,7 @@ class VideoTile {
     this.avatar.textContent = initials(name);
     this.micOff.hidden = audio !== false;
     this.presenting.hidden = !screen;
+    this.weak.hidden = !weak;
     this.el.classList.toggle("is-screen", Boolean(screen));
     const showVideo = Boolean(video || screen);
     this.el.classList.toggle("video-off", !showVideo);
@@ -83,12 +87,13 @@ export class VideoDisplay {
     this.tiles = new Map(); // socketId → VideoTile
   }
 
-  setLocal({ name, role, media, stream }) {
-    this.localTile.update({ name, role, audio: media.audio, video: media.video, screen: media.screen, stream });
+  setLocal({ name, role, media, stream, weakVideo }) {
+    const weak = Boolean(weakVideo?.up || weakVideo?.down);
+    this.localTile.update({ name, role, audio: media.audio, video: media.video, screen: media.screen, stream, weak });
     this.localTile.el.classList.toggle("mirrored", !media.screen);
   }
 
-  setRemotes(participants, { waitingFor } = {}) {
+  setRemotes(participants, { waitingFor, weakDown = false } = {}) {
     const seen = new Set();
     for (const p of participants) {
       seen.add(p.socketId);
@@ -106,6 +111,7 @@ export class VideoDisplay {
         video: p.media?.video && Boolean(p.tracks?.video),
         screen: p.media?.screen,
         tracks: p.tracks,
+        weak: Boolean(weakDown || p.weakVideo?.up || p.weakVideo?.down),
       });
     }
     for (const [socketId, tile] of this.tiles) {
