@@ -28,7 +28,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 
-from relay._aiortc import transform_received_frames, transform_sent_frames
+from relay._aiortc import patient_video, transform_received_frames, transform_sent_frames
 from relay._aiortc.hooks import preset_voice_bitrate
 from synth.e2ee import E2eeSession
 from synth.measure import StreamCounter, tap_receiver
@@ -275,6 +275,10 @@ class CallClient:
                 )
             counter = self.stream_counters[mid] = StreamCounter(track.kind)
             tap_receiver(transceiver.receiver, counter, decode=self.probe_media)
+            if self.probe_media and track.kind == "video":
+                # a browser gives a lost packet up and waits for a keyframe; aiortc would stall
+                # on it for 512 packets (relay/_aiortc/jitter.py)
+                patient_video(transceiver.receiver)
         if not self.probe_media:
             return
         probe: VideoProbe | AudioProbe = VideoProbe() if track.kind == "video" else AudioProbe()

@@ -9,6 +9,7 @@ and the QA tool (`synth/`) use the functions exported here.
     reader.py     batched reads of the ICE sockets (one readiness event drains a socket)
     gathering.py  host-candidate gathering: bind addresses, UDP port range, announced address
     hooks.py      SSRCs, decoder threads, idle senders, keyframe flags, receive taps
+    jitter.py     a browser's patience for the QA tool's video receivers (a lost packet)
     frames.py     the encoded-frame layer (the QA tool's end-to-end encryption)
     selftest.py   the version pins and the start-up check
 """
@@ -38,6 +39,7 @@ from relay._aiortc.hooks import (
     take_keyframe_request,
     wrap_rtp_handler,
 )
+from relay._aiortc.jitter import PatientJitterBuffer, patient_video
 from relay._aiortc.selftest import (
     SUPPORTED_AIOICE,
     SUPPORTED_AIORTC,
@@ -54,6 +56,7 @@ __all__ = [
     "GatheringPolicy",
     "IdleTrack",
     "MediaTransport",
+    "PatientJitterBuffer",
     "PortRangeExhausted",
     "SelectedPair",
     "bind_udp",
@@ -62,6 +65,7 @@ __all__ = [
     "dtls_transport_of",
     "ice_sockets",
     "keep_decoder_stopped",
+    "patient_video",
     "receiver_codecs",
     "restrict_gathering",
     "selected_pair",

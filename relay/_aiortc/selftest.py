@@ -10,6 +10,7 @@ import functools
 import importlib.metadata
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
 
@@ -68,4 +69,9 @@ def _instance_problems() -> list[str]:
             problems.append(f"RTCRtpSender has no {name.removeprefix('_RTCRtpSender')}")
     if not isinstance(getattr(transceiver.receiver, "_RTCRtpReceiver__codecs", None), dict):
         problems.append("RTCRtpReceiver has no __codecs dict")
+    buffer = getattr(transceiver.receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if not isinstance(buffer, JitterBuffer) or not all(
+        hasattr(buffer, n) for n in ("_origin", "_packets", "_capacity", "_remove_frame", "remove")
+    ):
+        problems.append("RTCRtpReceiver has no __jitter_buffer of the expected shape")
     return problems
