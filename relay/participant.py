@@ -46,7 +46,7 @@ from relay.negotiation import (
     check_supported,
     parse_sections,
 )
-from relay.probe import PaddingProbe
+from relay.probe import PaddingProbe, ramped_rate
 from relay.producer import Producer
 from relay.reasons import LeaveReason
 from relay.rtp import find_extension, payload_bounds
@@ -199,10 +199,20 @@ class Participant:
         self._probe_began = 0.0
         self._probe_counted = 0  # its bytes sent, and when, at the last tick
         self._probe_counted_at = 0.0
+        self._uplink_probe_began = 0.0  # when the uplink's probe (its REMB ramp) began
 
     @property
     def socket_id(self) -> str:
         return self.info.socket_id
+
+    def media_progress(self) -> tuple[int, float]:
+        """Counters that move while this participant's media arrives: the packets it publishes,
+        and when its subscriber connection's last receiver report came. Signaling's keep-alive
+        reads them twice a second (a weak link whose socket stalls is alive while they move);
+        nothing is added per packet."""
+        packets = sum(p.stats.packets for p in self.producers.values())
+        reported = max((s.forwarder.reported_at or 0.0 for s in self.slots), default=0.0)
+        return packets, reported
 
     # -- publisher connection -----------------------------------------------------------------
 
@@ -832,11 +842,15 @@ class Participant:
         delivered = (received - self._video_received) * 8 / elapsed if elapsed > 0 else None
         self._video_received, self._video_received_at = received, now
         change = self.uplink_gate.update(max(known) if known else None, loss, delivered)
+        if change is not None and change.after is GateState.PROBING:
+            self._uplink_probe_began = now
+        rate = self._uplink_probe_rate(now)
+        for producer in video:
+            if producer.probe_bps != rate:
+                producer.probe_bps = rate
+                producer.update_bandwidth()
         if change is None:
             return
-        flowing = change.after is GateState.FLOWING
-        for producer in video:
-            producer.probe_bps = None if flowing else self._settings.video_gate.probe_target_bps
         if change.after is GateState.PROBING:
             for producer in video:
                 producer.restart_estimate()  # judge the probe on fresh estimates only
@@ -844,6 +858,25 @@ class Participant:
         elif change.before is GateState.PROBING and change.after is GateState.PAUSED:
             self.listener.video_changed(self, Direction.UP, True, GateReason.WEAK)
         self._tell_video_change(Direction.UP, change)
+
+    def _uplink_probe_rate(self, now: float) -> int | None:
+        """The REMB audio first sends this participant's publisher: none of its own while the
+        video flows; while paused, the probe's first rate (the relay's stale estimate does not
+        count: Chromium keeps the last REMB as its limit); while probing, ramped up to a
+        little more than video needs, as the downlink's padding is: a browser's encoder
+        follows it up from a low rate instead of flooding the weak link at once (aiortc's
+        never encodes below 250 kbit/s)."""
+        settings, state = self._settings.video_gate, self.uplink_gate.state
+        if state is GateState.FLOWING:
+            return None
+        if state is GateState.PAUSED:
+            return settings.probe_start_bps
+        elapsed = now - self._uplink_probe_began
+        return round(
+            ramped_rate(
+                elapsed, settings.probe_start_bps, settings.probe_target_bps, settings.probe_ramp
+            )
+        )
 
     def _tell_video_change(self, direction: Direction, change: Transition) -> None:
         """A pause or a resume the UIs see (probes are not announced to the room)."""

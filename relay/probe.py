@@ -28,6 +28,13 @@ TICK = 0.02  # seconds between bursts: 50 bursts a second keep the rate smooth
 PADDING_BYTES = 240  # per packet (at most 255: the last padding byte counts them)
 
 
+def ramped_rate(elapsed: float, start_bps: int, target_bps: int, ramp_seconds: float) -> float:
+    """A probe's rate `elapsed` seconds in: from `start_bps` up to `target_bps`, linearly over
+    `ramp_seconds` (the downlink's padding, and the REMB of the uplink's probe)."""
+    share = min(max(elapsed / ramp_seconds, 0.0), 1.0) if ramp_seconds > 0 else 1.0
+    return start_bps + (target_bps - start_bps) * share
+
+
 class PaddingProbe:
     def __init__(
         self,
@@ -57,8 +64,7 @@ class PaddingProbe:
 
     def rate_at(self, elapsed: float) -> float:
         """Bit/s after `elapsed` seconds of probing."""
-        share = min(max(elapsed / self.ramp_seconds, 0.0), 1.0) if self.ramp_seconds > 0 else 1.0
-        return self.start_bps + (self.target_bps - self.start_bps) * share
+        return ramped_rate(elapsed, self.start_bps, self.target_bps, self.ramp_seconds)
 
     async def _run(self) -> None:
         began = last = self._clock()

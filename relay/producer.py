@@ -119,7 +119,7 @@ class Producer:
         self._frame_bytes = 0
         self._remb_sent: int | None = None
         self.recent_loss = 0.0  # see `receiver_report`
-        # Set while audio first has this publisher's video paused or probing: the REMB floor.
+        # Set while audio first has this publisher's video paused or probing: the REMB to send.
         self.probe_bps: int | None = None
         self._remb_sent_at = 0.0
 
@@ -276,10 +276,10 @@ class Producer:
             return
         candidates = [bps for f in self._forwarders if (bps := f.remb_bps)]
         if self.probe_bps is not None:
-            # Audio first's uplink paused or on probation (relay/adaptation.py): the relay's own
-            # estimate is stale or still ramping, and would pin the publisher's rate (Chromium
-            # keeps the last REMB as its limit) too low for the probe to show the link again.
-            candidates = [max(min(candidates, default=self.probe_bps), self.probe_bps)]
+            # Audio first's uplink paused or on probation (relay/adaptation.py): the probe's
+            # rate, ramped by the participant. The relay's own estimate is stale or still
+            # ramping, and the subscribers' would keep the probe from showing the link again.
+            candidates = [self.probe_bps]
         elif self.stats.estimate_bps:
             candidates.append(self.stats.estimate_bps)
         if not candidates:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +29,10 @@ from relay.participant import Participant, ParticipantInfo, TrackInfo
 from relay.reasons import LeaveReason
 from relay.room import Room, RoomClosed, RoomFull
 from relay.sfu import Relay
-from signaling import protocol
+from signaling import liveness, protocol
 from signaling.bridge import Bridge, BridgeRefused, CallLocator
 from signaling.limits import Occupancy, Place, SignalingLimits, TokenBucket
+from signaling.liveness import Liveness, Verdict
 from signaling.protocol import Message, ProtocolError
 
 logger = logging.getLogger(__name__)
@@ -145,12 +147,14 @@ class SignalingConnection:
         # Set when the connection came in over the user's budget: it may only take back a seat
         # the user holds in the room it joins (a reconnect), else it is refused as RATE_LIMITED.
         self._seat_only = bridged is not None and bridged.seat_only
+        self._liveness = Liveness(time.monotonic)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def run(self, token: str | None) -> None:
         CONNECTION_ID.set(self.socket_id)  # this handler's task: every line of it carries it
         self._writer = asyncio.create_task(self._write_loop())
+        keep_alive = asyncio.create_task(self._keep_alive())
         try:
             if token is not None:
                 authenticated = await self._authenticate(token)
@@ -162,6 +166,7 @@ class SignalingConnection:
             # The writer is told to stop first: aiohttp may cancel this handler when the client
             # vanishes, and nothing after the cancellation point would run.
             self._outbox.put_nowait(None)
+            keep_alive.cancel()
             if self._session is not None:
                 self._session.release()  # before leaving: closing the media may take a while
             # shielded: leaving the room must complete even if this handler is cancelled. A
@@ -251,8 +256,36 @@ class SignalingConnection:
         )
         return True
 
+    async def _keep_alive(self) -> None:
+        """Ping a silent socket; close one that answers nothing while its media is silent too
+        (signaling/liveness.py: a weak link's TCP stalls while its audio still arrives). The
+        close is the transport's, without a close frame: the link is presumed dead."""
+        watch = self._liveness
+        while not self.ws.closed:
+            await asyncio.sleep(liveness.TICK)
+            participant = self.participant
+            media = participant.media_progress() if participant is not None else None
+            verdict = watch.check(media)
+            if verdict is Verdict.PING:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.ws.ping()
+            elif verdict is Verdict.DEAD:
+                now = time.monotonic()
+                logger.info(
+                    "keep-alive: nothing on the socket for %.1f s, no media for %.1f s: closed",
+                    now - watch.heard_at,
+                    now - watch.media_at,
+                )
+                if self.request.transport is not None:
+                    self.request.transport.close()
+                return
+
     async def _read_loop(self) -> None:
         async for raw in self.ws:
+            self._liveness.heard()
+            if raw.type == WSMsgType.PING:  # answered here: the keep-alive sees every frame
+                await self.ws.pong(raw.data)
+                continue
             if raw.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not self._messages.take():
                 await self._refuse(
                     ProtocolError(

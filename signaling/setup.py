@@ -33,11 +33,6 @@ from signaling.limits import NO_PLACE, Occupancy, SignalingLimits
 from signaling.origins import OriginPolicy
 from signaling.protocol import MAX_MESSAGE_BYTES
 
-# A client silent this long is pinged, and dropped when no pong follows within half of it: a
-# dead link is noticed in 3–4.5 s (its seat is then held, docs/signaling.md). A ping costs a
-# few bytes; the browser client pings every second itself, which keeps the server's quiet.
-HEARTBEAT_SECONDS = 3.0
-
 
 @dataclass
 class Signaling:
@@ -141,7 +136,9 @@ async def _serve(
     on_authenticated: Callable[[], None] = lambda: None,
     bridged: Bridged | None = None,
 ) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_SECONDS, max_msg_size=MAX_MESSAGE_BYTES)
+    # No aiohttp heartbeat and no autoping: the connection's keep-alive sees every frame (pongs
+    # included) and judges a silent socket by its media too (signaling/liveness.py).
+    ws = web.WebSocketResponse(autoping=False, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
     signaling.sockets.add(ws)
     try:

@@ -80,6 +80,24 @@ def ip(*args: str) -> None:
         raise NetnsError(f"`ip {' '.join(args)}` failed: {result.stderr.strip()}")
 
 
+def nft(namespace: str, rules: str) -> None:
+    """Load nftables `rules` inside `namespace`; :class:`NetnsError` when nft refuses them."""
+    result = subprocess.run(
+        ["ip", "netns", "exec", namespace, "nft", "-f", "-"],
+        input=rules, capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    if result.returncode != 0:
+        raise NetnsError(f"nft in {namespace} failed: {result.stderr.strip()}")
+
+
+def drop_table(namespace: str, table: str) -> None:
+    """Delete the inet nftables `table` inside `namespace`, if it is there."""
+    subprocess.run(
+        ["ip", "netns", "exec", namespace, "nft", "delete", "table", "inet", table],
+        capture_output=True, timeout=20,
+    )  # fmt: skip
+
+
 def setns(path: str) -> None:
     """Move the calling thread into the network namespace at ``path`` (/run/netns/NAME)."""
     libc = ctypes.CDLL(None, use_errno=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from synth import netns
 from synth.impair import ClientNamespace, Impairment
 from tests.browser import pages
 from tests.browser.conftest import Browsers, Server
@@ -191,26 +192,11 @@ def cut(namespace: str) -> None:
         "  chain in { type filter hook input priority 0; policy drop; }\n"
         "}\n"
     )
-    netns_nft(namespace, rules)
-
-
-def netns_nft(namespace: str, rules: str) -> None:
-    """Load nftables `rules` inside `namespace`."""
-    subprocess.run(
-        ["ip", "netns", "exec", namespace, "nft", "-f", "-"],
-        input=rules, text=True, check=True, capture_output=True,
-    )  # fmt: skip
-
-
-def netns_drop_table(namespace: str, table: str) -> None:
-    subprocess.run(
-        ["ip", "netns", "exec", namespace, "nft", "delete", "table", "inet", table],
-        capture_output=True,
-    )  # fmt: skip
+    netns.nft(namespace, rules)
 
 
 def restore(namespace: str) -> None:
-    netns_drop_table(namespace, "cut")
+    netns.drop_table(namespace, "cut")
 
 
 async def test_a_five_second_outage_resumes_media_both_ways_without_a_left(
@@ -262,11 +248,11 @@ def drop_signaling_replies(namespace: str, port: int) -> None:
         f"tcp sport {port} drop; }}\n"
         "}\n"
     )
-    netns_nft(namespace, rules)
+    netns.nft(namespace, rules)
 
 
 def undrop_signaling_replies(namespace: str) -> None:
-    netns_drop_table(namespace, "mute")
+    netns.drop_table(namespace, "mute")
 
 
 async def test_a_stalled_websocket_while_the_media_arrives_is_no_dead_link(

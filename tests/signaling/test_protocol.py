@@ -253,11 +253,11 @@ async def test_more_than_20_errors_close_the_socket_with_1008(
     assert await closed_with(ws) == 1008
 
 
-def test_the_authenticate_window_and_the_heartbeat_are_the_documented_10_s_and_3_s() -> None:
-    from signaling import connection, setup
+def test_the_authenticate_window_and_the_keep_alive_are_the_documented_10_s_3_s_and_1_5_s() -> None:
+    from signaling import connection, liveness
 
     assert connection.AUTHENTICATE_TIMEOUT == 10.0
-    assert setup.HEARTBEAT_SECONDS == 3.0
+    assert (liveness.PING_AFTER, liveness.PONG_WAIT, liveness.STALE_AFTER) == (3.0, 1.5, 25.0)
 
 
 async def test_no_authenticate_message_in_time_closes_with_4401(
@@ -283,9 +283,11 @@ async def test_a_client_that_stops_answering_pings_is_dropped_as_disconnected(
 ) -> None:
     """The heartbeat: the server pings; a client that answers stays, one that stops is dropped
     and the others are told `user-reconnecting` (its seat is held for SEAT_GRACE_SECONDS)."""
-    from signaling import setup
+    from signaling import liveness
 
-    monkeypatch.setattr(setup, "HEARTBEAT_SECONDS", 0.4)
+    monkeypatch.setattr(liveness, "PING_AFTER", 0.4)
+    monkeypatch.setattr(liveness, "PONG_WAIT", 0.2)
+    monkeypatch.setattr(liveness, "TICK", 0.05)
     client = await aiohttp_client(make_app())
     booking = await booking_factory()
     room_id = await open_room(storage, booking)

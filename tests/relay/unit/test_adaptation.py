@@ -10,7 +10,7 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from relay.adaptation import GateSettings, GateState, VideoGate
 from relay.forwarder import Forwarder, SendParameters
-from relay.probe import PaddingProbe
+from relay.probe import PaddingProbe, ramped_rate
 from tests.relay.unit.conftest import (
     VP8,
     VP8_DELTA,
@@ -381,11 +381,13 @@ def test_with_audio_first_a_remb_below_video_needs_does_not_hold_the_publisher_b
     assert forwarder.remb_bps == 160_000
 
 
-def test_a_paused_uplink_lets_the_publisher_send_enough_to_probe(
+def test_a_paused_uplink_is_probed_at_the_ramps_rate_whatever_the_estimates(
     bench: Bench, sink: CaptureSink
 ) -> None:
-    """The relay's stale estimate of a weak uplink would keep the publisher (Chromium keeps the
-    last REMB as its limit) too slow for a probe to show that the link recovered."""
+    """While audio first has the uplink paused or probing, REMB is the probe's rate: not the
+    relay's stale estimate of the weak uplink (Chromium keeps the last REMB as its limit, which
+    would keep the probe from showing the link again), nor a subscriber's (a higher one would
+    let the publisher flood the weak link at once)."""
     upstream = Upstream()
     producer = bench.producer(VP8, upstream=upstream)
     forwarder = bench.forwarder(producer, sink)
@@ -394,12 +396,22 @@ def test_a_paused_uplink_lets_the_publisher_send_enough_to_probe(
     producer.stats.estimate_bps = 60_000  # what the relay saw while the uplink was weak
     producer.update_bandwidth(force=True)
     assert upstream.rembs()[-1] == 60_000
-    producer.probe_bps = 500_000
+    for rate in (SETTINGS.probe_start_bps, 140_000, SETTINGS.probe_target_bps):
+        producer.probe_bps = rate
+        producer.update_bandwidth()
+        assert upstream.rembs()[-1] == rate
+    forwarder.on_remb(900_000)
     producer.update_bandwidth(force=True)
-    assert upstream.rembs()[-1] == 500_000
-    forwarder.on_remb(900_000)  # a subscriber that takes more: still at least the probe rate
-    producer.update_bandwidth(force=True)
-    assert upstream.rembs()[-1] == 900_000
-    producer.probe_bps = None
+    assert upstream.rembs()[-1] == SETTINGS.probe_target_bps
+    producer.probe_bps = None  # flowing again: the estimates decide
     producer.update_bandwidth(force=True)
     assert upstream.rembs()[-1] == 60_000
+
+
+def test_a_probes_rate_ramps_from_its_start_to_its_target() -> None:
+    start, target, ramp = SETTINGS.probe_start_bps, SETTINGS.probe_target_bps, SETTINGS.probe_ramp
+    assert ramped_rate(0.0, start, target, ramp) == start
+    assert ramped_rate(ramp / 2, start, target, ramp) == (start + target) / 2
+    assert ramped_rate(ramp * 3, start, target, ramp) == target
+    assert ramped_rate(-1.0, start, target, ramp) == start
+    assert ramped_rate(0.0, start, target, 0.0) == target

@@ -75,7 +75,7 @@ def test_a_hole_filled_in_time_loses_nothing() -> None:
     buffer = PatientJitterBuffer(clock)
     packets = frames_of(12, 1000, keyframe_at=0)
     lost = packets.pop(5)  # the second packet of the third frame
-    late = packets[:10] + [lost] + packets[10:]  # its retransmission, within the time
+    late = [*packets[:10], lost, *packets[10:]]  # its retransmission, within the time
     frames, _ = feed(buffer, late[:10])
     assert len(frames) == 2  # the third frame blocks the rest
     clock.now += GIVE_UP_SECONDS / 2
