@@ -36,7 +36,7 @@ cannot grow however much the link recovers: the gate has to send something for a
 learn. What it sends is the participant's business (relay/participant.py): downlink, RTP padding
 on the video's RTX stream at a rate ramped up to a little more than `resume_above`
 (relay/probe.py), not the video itself (its bursts and keyframes would flood a weak link at
-once); uplink, the publisher's video again, capped by REMB near `resume_above`. While probing
+once); uplink, the publisher's video again, under a REMB ramped the same way. While probing
 the gate ignores the stale pre-probe value and judges only fresh estimates. A fresh estimate
 that falls is the estimator reporting overuse (its AIMD only lowers the rate on overuse); with
 loss beside it the link still cannot carry the video, so the probe ends at once, before the
@@ -82,7 +82,8 @@ class GateSettings:
     # Loss that ends a probe on its own (the probe sends about what video needs, no more).
     probe_loss: float = 0.1
     # What a probe sends: downlink padding ramped from `probe_start_bps` to `probe_target_bps`
-    # over `probe_ramp` s (relay/probe.py); uplink, the publisher's video capped at the target.
+    # over `probe_ramp` s (relay/probe.py); uplink, the publisher's video under a REMB ramped
+    # the same way.
     # The target lets an estimator (at most 1.5 x what it receives + 10 kbit/s) pass
     # `resume_above_bps` with some room, and not much more.
     probe_start_bps: int = 50_000

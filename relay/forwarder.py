@@ -24,6 +24,10 @@ from relay.stats import StreamStats
 
 HISTORY_SIZE = 512  # packets kept for NACK, ~2 s of 500 kbit/s video
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 to 1970
+# GCC's loss-based control of a video leg (`Forwarder._follow_loss`)
+LOSS_DECREASE_ABOVE = 0.10
+LOSS_INCREASE_BELOW = 0.02
+LOSS_LIMIT_FLOOR_BPS = 30_000
 
 
 class PacketSink(Protocol):
@@ -101,6 +105,8 @@ class Forwarder:
         # When the subscriber's last receiver report for this stream (its RTX stream: the
         # padding of audio first's probe) came, and the loss it reported.
         self.reported_at: float | None = None
+        self._loss_checked_at = clock()  # what the leg carried between two reports (bytes)
+        self._loss_checked_bytes = 0
         self.padding_loss = 0.0
         self.padding_reported_at: float | None = None
 
@@ -110,7 +116,12 @@ class Forwarder:
 
     @property
     def remb_bps(self) -> int | None:
+        """What this leg lets the publisher send: the subscriber's REMB, lowered by the loss
+        it reports (`_follow_loss`); None when it must not hold the publisher back."""
         bps = self.stats.remb_bps
+        limit = self.stats.loss_limit_bps
+        if bps is not None and limit is not None and limit < bps:
+            bps = limit
         return bps if self._remb_counts and bps is not None and bps >= self.remb_floor else None
 
     @property
@@ -184,7 +195,7 @@ class Forwarder:
             self._needs_rebase = True
             self._needs_keyframe = self.kind == "video"
             self._asked_when_ready = False
-            self.stats.remb_bps = None
+            self.stats.remb_bps = self.stats.loss_limit_bps = None
             if self.producer is not None:
                 self.producer.request_keyframe()
         self._remb_counts = not probing
@@ -319,14 +330,45 @@ class Forwarder:
             self.producer.update_bandwidth()
 
     def on_receiver_report(self, report: RtcpReceiverInfo) -> None:
-        self.reported_at = self._clock()
+        now = self._clock()
+        self.reported_at = now
         stats = self.stats
         stats.packets_lost = report.packets_lost
         stats.fraction_lost = report.fraction_lost / 256
         stats.jitter_seconds = report.jitter / self.codec.clock_rate
         sent_at = self._sr_sent.get(report.lsr)
         if report.lsr and sent_at is not None:
-            stats.rtt_seconds = max(self._clock() - sent_at - report.dlsr / 65536, 0.0)
+            stats.rtt_seconds = max(now - sent_at - report.dlsr / 65536, 0.0)
+        if self.kind == "video":
+            self._follow_loss(now)
+
+    def _follow_loss(self, now: float) -> None:
+        """GCC's loss-based control (draft-ietf-rmcat-gcc-02 §6), the relay being this leg's
+        sender: above 10 % loss the limit drops to (1 - loss/2) x what the leg carried, below
+        2 % it climbs 5 % a report back up to the REMB, in between it holds. A receive-side
+        REMB is delay-based only: once a bottleneck's queue stays full and drops (a tbf, a
+        router's queue) the delay stops rising and the REMB stays above the link, which a
+        browser's own send side would have corrected from the loss its reports show. The loss
+        the publisher's uplink caused is taken out (the relay forwards its gaps)."""
+        stats, producer = self.stats, self.producer
+        elapsed = now - self._loss_checked_at
+        sent_bps = (stats.bytes - self._loss_checked_bytes) * 8 / elapsed if elapsed > 0 else 0.0
+        self._loss_checked_at, self._loss_checked_bytes = now, stats.bytes
+        remb = stats.remb_bps
+        if remb is None or producer is None or self._paused:
+            stats.loss_limit_bps = None
+            return
+        upstream = min(producer.recent_loss, 0.99)
+        loss = max(1 - (1 - stats.fraction_lost) / (1 - upstream), 0.0)
+        limit = float(stats.loss_limit_bps or remb)
+        if loss > LOSS_DECREASE_ABOVE:
+            limit = min(limit, sent_bps) * (1 - loss / 2)
+        elif loss < LOSS_INCREASE_BELOW:
+            limit *= 1.05
+        limit = max(min(limit, remb), LOSS_LIMIT_FLOOR_BPS)
+        previous, stats.loss_limit_bps = stats.loss_limit_bps, round(limit)
+        if previous != stats.loss_limit_bps:
+            producer.update_bandwidth()
 
     def on_padding_report(self, report: RtcpReceiverInfo) -> None:
         """The subscriber's receiver report on this slot's RTX stream (the probe's padding)."""

@@ -92,6 +92,8 @@ class StreamStats:
     frame_height: int = 0
     remb_bps: int | None = None  # in: REMB the relay sent the publisher; out: subscriber's REMB
     estimate_bps: int | None = None  # in: relay's own estimate of the publisher's uplink
+    # out, video: the relay's loss-based limit for this leg (Forwarder: GCC's sender side)
+    loss_limit_bps: int | None = None
     started_at: float = field(default_factory=time.monotonic)
 
 

@@ -6,6 +6,8 @@ producer real RTP bytes, read what the forwarder hands its sink.
 
 from __future__ import annotations
 
+import itertools
+
 from aiortc.rtp import RtcpReceiverInfo, RtcpSenderInfo, RtcpSrPacket
 
 from relay.forwarder import HISTORY_SIZE, NTP_EPOCH_OFFSET
@@ -395,3 +397,79 @@ def test_receiver_reports_give_loss_jitter_and_round_trip_time(
     stats = forwarder.stats
     assert (stats.packets_lost, stats.fraction_lost, stats.jitter_seconds) == (3, 0.25, 0.01)
     assert stats.rtt_seconds is not None and abs(stats.rtt_seconds - 0.25) < 1e-4
+
+
+def video_second(bench: Bench, producer: Producer, first_seq: int, packets: int = 50) -> int:
+    """One second of video (`packets` packets of 1000 payload bytes: 400 kbit/s); the next seq."""
+    for i in range(packets):
+        payload = (VP8_KEYFRAME if first_seq + i == 1 else VP8_DELTA) + bytes(1000)
+        producer.on_rtp(
+            rtp(first_seq + i, 3000 * (first_seq + i), payload, pt=VP8.payload_type, marker=1),
+            bench.clock(),
+        )
+    bench.tick(1.0)
+    return first_seq + packets
+
+
+def report(lost: float) -> RtcpReceiverInfo:
+    return RtcpReceiverInfo(
+        ssrc=SLOT_SSRC, fraction_lost=round(lost * 256), packets_lost=0, highest_sequence=0,
+        jitter=0, lsr=0, dlsr=0,
+    )  # fmt: skip
+
+
+def test_loss_the_remb_misses_lowers_what_the_leg_lets_the_publisher_send(
+    bench: Bench, sink: CaptureSink
+) -> None:
+    """A bottleneck whose queue stays full drops 30 % while the delay-based REMB stays at
+    430 kbit/s: the relay's loss-based limit takes the publisher below what the leg carried."""
+    upstream = Upstream()
+    producer = bench.producer(VP8, upstream=upstream)
+    forwarder = bench.forwarder(producer, sink)
+    forwarder.on_remb(430_000)
+    seq, limits = 1, []
+    for _ in range(4):
+        seq = video_second(bench, producer, seq)
+        forwarder.on_receiver_report(report(0.3))
+        limits.append(forwarder.remb_bps)
+    carried = 50 * (1000 + len(VP8_DELTA) + 12) * 8  # what one second of the leg carried
+    assert limits[0] is not None and limits[0] < 0.86 * carried
+    for before, after in itertools.pairwise(limits):  # 15 % less a report
+        assert before is not None and after is not None and after <= 0.86 * before
+    assert upstream.rembs()[-1] == limits[-1]  # the publisher is told
+    assert forwarder.stats.remb_bps == 430_000  # the subscriber's own figure, kept apart
+
+
+def test_moderate_loss_holds_the_limit_and_a_clean_link_climbs_back_to_the_remb(
+    bench: Bench, sink: CaptureSink
+) -> None:
+    producer = bench.producer(VP8)
+    forwarder = bench.forwarder(producer, sink)
+    forwarder.on_remb(430_000)
+    seq = video_second(bench, producer, 1)
+    forwarder.on_receiver_report(report(0.3))
+    lowered = forwarder.remb_bps
+    assert lowered is not None and lowered < 430_000
+    for _ in range(3):  # 5 %: the band where GCC holds
+        seq = video_second(bench, producer, seq)
+        forwarder.on_receiver_report(report(0.05))
+        assert forwarder.remb_bps == lowered
+    seen = []
+    for _ in range(40):
+        seq = video_second(bench, producer, seq)
+        forwarder.on_receiver_report(report(0.0))
+        seen.append(forwarder.remb_bps)
+    assert seen[0] == round(lowered * 1.05)
+    assert seen[-1] == 430_000 and max(s or 0 for s in seen) == 430_000  # never above the REMB
+
+
+def test_loss_the_publisher_caused_is_not_the_legs(bench: Bench, sink: CaptureSink) -> None:
+    """The relay forwards the publisher's gaps; a subscriber reporting them is not congested."""
+    producer = bench.producer(VP8)
+    forwarder = bench.forwarder(producer, sink)
+    forwarder.on_remb(430_000)
+    producer.recent_loss = 0.3  # what the relay itself missed from the publisher
+    for seq in (1, 51, 101):
+        video_second(bench, producer, seq)
+        forwarder.on_receiver_report(report(0.3))
+    assert forwarder.remb_bps == 430_000
