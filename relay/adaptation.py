@@ -8,9 +8,9 @@ once per RTCP interval and applies what it decides (no work per packet).
     FLOWING ──estimate < pause_below, with loss, for pause_after──▶ PAUSED
     FLOWING ──heavy loss, the link delivering < pause_below, for heavy_after──▶ PAUSED
     PAUSED  ──probe_interval elapsed──▶ PROBING  (the link is tried, silently: see below)
-    PROBING ──fresh estimate, or what the probe delivered, > resume_above, no loss,
-              for resume_after──▶ FLOWING
-    PROBING ──loss ≥ probe_loss; or loss with a fresh estimate low or falling;
+    PROBING ──fresh estimate > resume_above without loss, or what the probe delivered
+              (after its loss) > resume_above, for resume_after──▶ FLOWING
+    PROBING ──loss ≥ probe_loss; or loss with a fresh estimate falling;
               or probe_for elapsed──▶ PAUSED  (and the next probe waits twice as long)
 
 Why heavy loss: a delay-based estimate takes seconds to fall below `pause_below` on a link far
@@ -179,12 +179,15 @@ class VideoGate:
         if estimate_bps is not None:
             previous, self._previous = self._previous, estimate_bps
             falling = previous is not None and estimate_bps < previous * (1 - s.overuse_drop)
-            if lossy and (falling or estimate_bps < s.pause_below_bps):
+            if lossy and falling:  # overuse (the estimator only lowers on it) with loss
                 return self._fail_probe(now)
-        # What the link carried without loss is a measure of its own; the estimate, which
-        # climbs no faster than 8 %/s from its old low value, may take half a minute to agree.
-        seen = max(estimate_bps or 0, delivered_bps or 0)
-        if seen > s.resume_above_bps and not lossy:
+        # What the link carried (its loss taken out) is a measure of its own; the estimate,
+        # which climbs no faster than 8 %/s from its old low value, may take half a minute to
+        # agree, and counts only without loss. Some loss beside a delivered rate that is
+        # enough is no verdict against the link: a link that loses a few percent at random
+        # (Wi-Fi) but carries the rate must get its video back (`probe_loss` ends a probe).
+        by_estimate = (estimate_bps or 0) > s.resume_above_bps and not lossy
+        if by_estimate or (delivered_bps or 0) > s.resume_above_bps:
             self._high_since = now if self._high_since is None else self._high_since
             if now - self._high_since >= s.resume_after:
                 self._interval = s.probe_interval

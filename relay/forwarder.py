@@ -24,6 +24,8 @@ from relay.stats import StreamStats
 
 HISTORY_SIZE = 512  # packets kept for NACK, ~2 s of 500 kbit/s video
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 to 1970
+# A packet is resent at most once per this long (or per round trip, when that is longer).
+RESEND_MIN_INTERVAL = 0.1
 # GCC's loss-based control of a video leg (`Forwarder._follow_loss`)
 LOSS_DECREASE_ABOVE = 0.10
 LOSS_INCREASE_BELOW = 0.02
@@ -89,7 +91,7 @@ class Forwarder:
         self._paused = False
         # While paused or on probation, the subscriber's REMB does not hold the publisher back;
         # nor does one below `remb_floor` (audio first: such a link gets no video, not a
-        # publisher slowed down for everyone).
+        # publisher slowed down for everyone); the loss-based limit stops at it.
         self._remb_counts = True
         self.remb_floor = 0
         # Whether the keyframe request of "the sink is ready now" went out (see `forward`).
@@ -101,6 +103,7 @@ class Forwarder:
         self._last_sent_at = 0.0
         self._rtx_seq = random.randrange(0x8000)
         self._history: list[bytes | None] = [None] * HISTORY_SIZE
+        self._resent_at: dict[int, float] = {}  # seq → when it was last resent (`on_nack`)
         self._sr_sent: dict[int, float] = {}  # middle 32 bits of SR NTP → send time
         # When the subscriber's last receiver report for this stream (its RTX stream: the
         # padding of audio first's probe) came, and the loss it reported.
@@ -293,18 +296,33 @@ class Forwarder:
     # -- feedback from the subscriber ---------------------------------------------------------
 
     def on_nack(self, lost: list[int]) -> None:
+        """Resend what the subscriber lists, each packet at most once per round trip: a NACK
+        may list again what is already on its way (aiortc's receiver lists every packet still
+        missing each time it sees a new gap), and answering every listing floods a lossy link
+        with copies, which it loses, which are listed again (mediasoup and libwebrtc skip a
+        packet resent within the RTT too)."""
         sink = self._sink
         if sink is None:
             return
+        now = self._clock()
+        interval = max(self.stats.rtt_seconds or 0.0, RESEND_MIN_INTERVAL)
+        resent = self._resent_at
+        if len(resent) > HISTORY_SIZE:
+            self._resent_at = resent = {s: t for s, t in resent.items() if now - t < interval}
         for seq in lost:
             seq &= 0xFFFF
             packet = self._history[seq % HISTORY_SIZE]
             if packet is None or (packet[2] << 8 | packet[3]) != seq:
                 continue  # never sent or already overwritten: the producer's own NACK covers it
+            last = resent.get(seq)
+            if last is not None and now - last < interval:
+                continue  # its copy is still on its way
             if self._rtx_pt is not None:
                 packet = self._rtx_packet(packet)
             if sink.send_rtp(packet):
                 self.stats.retransmits += 1
+                self.stats.retransmit_bytes += len(packet)
+                resent[seq] = now
 
     def _rtx_packet(self, packet: bytes) -> bytes:
         rtx_seq = self._rtx_seq
@@ -365,7 +383,10 @@ class Forwarder:
             limit = min(limit, sent_bps) * (1 - loss / 2)
         elif loss < LOSS_INCREASE_BELOW:
             limit *= 1.05
-        limit = max(min(limit, remb), LOSS_LIMIT_FLOOR_BPS)
+        # With audio first the leg holds the publisher at what video needs at worst: lower,
+        # the leg's video is the gate's to pause (a limit below the floor would count for
+        # nothing, and the publisher would go on flooding the leg).
+        limit = max(min(limit, remb), LOSS_LIMIT_FLOOR_BPS, self.remb_floor)
         previous, stats.loss_limit_bps = stats.loss_limit_bps, round(limit)
         if previous != stats.loss_limit_bps:
             producer.update_bandwidth()

@@ -714,7 +714,11 @@ class Participant:
         estimates = [f.stats.remb_bps for f in video if f.producer is not None]
         known = [bps for bps in estimates if bps is not None]
         estimate = sum(known) if known else None
-        now, sent = self._clock(), sum(f.stats.bytes for f in video)
+        # what the link was sent: the video, its resends and the audio beside it (what got
+        # through, `delivered`, is the link's throughput, whatever it carried)
+        audio = self._audio_out()
+        sent = sum(f.stats.bytes + f.stats.retransmit_bytes for f in video)
+        now, sent = self._clock(), sent + sum(f.stats.bytes for f in audio)
         elapsed = now - self._video_sent_at
         sent_bps = (sent - self._video_sent) * 8 / elapsed if elapsed > 0 else 0.0
         self._video_sent, self._video_sent_at = sent, now
@@ -727,7 +731,7 @@ class Participant:
             estimate = None
         video_loss = self._fresh_loss(video, now - FRESH_REPORT)
         delivered = sent_bps * (1 - video_loss) if flowing else None
-        loss = max(video_loss, self._fresh_loss(self._audio_out(), now - FRESH_REPORT))
+        loss = max(video_loss, self._fresh_loss(audio, now - FRESH_REPORT))
         if gate.state is GateState.PROBING:
             loss = max(loss, self._probe_loss(video))
             delivered = self._probe_delivered(video, now)

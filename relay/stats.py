@@ -85,6 +85,7 @@ class StreamStats:
     rtt_seconds: float | None = None  # from RR/SR (out) or from the publisher's RR of our RTCP (in)
     nacks: int = 0  # in: sequence numbers the relay asked the publisher to resend
     retransmits: int = 0  # out: packets resent to the subscriber after its NACK
+    retransmit_bytes: int = 0  # out: their bytes (they share the subscriber's link)
     keyframe_requests: int = 0  # in: PLIs sent to the publisher; out: PLI/FIR from the subscriber
     keyframes: int = 0  # video keyframes seen (in) or forwarded (out)
     frames: int = 0  # complete frames (video marker bits / audio packets)

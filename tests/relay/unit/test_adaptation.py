@@ -237,6 +237,29 @@ def test_a_probe_that_delivers_enough_without_loss_resumes_before_the_estimate_a
         assert gate.update(None, 0.06, 300_000) is None
 
 
+def test_a_link_that_loses_a_few_percent_at_random_but_carries_the_rate_gets_its_video_back() -> (
+    None
+):
+    """Wi-Fi: 5-8 % lost whatever the rate. Neither the loss beside a fresh (still low)
+    estimate nor the loss within what got through keeps the video paused; 10 % still ends a
+    probe, and so does loss with a falling estimate (overuse)."""
+    gate, clock = paused_gate()
+    assert run(gate, clock, None, 10) == ["paused>probing"]
+    seen = []
+    for estimate, loss in ((45_000, 0.06), (60_000, 0.08), (75_000, 0.05), (90_000, 0.07)):
+        clock.advance(1.0)
+        change = gate.update(estimate, loss, 290_000)
+        seen.append(change and f"{change.before}>{change.after}")
+    assert seen == [None, None, None, "probing>flowing"]
+    gate, clock = paused_gate()
+    assert run(gate, clock, None, 10) == ["paused>probing"]
+    clock.advance(1.0)
+    assert gate.update(90_000, 0.06, 290_000) is None
+    clock.advance(1.0)
+    change = gate.update(70_000, 0.06, 290_000)  # falling, with loss: the link is full
+    assert change is not None and change.after is GateState.PAUSED
+
+
 # -- the downlink's probe: padding on the RTX stream ---------------------------------------------
 
 

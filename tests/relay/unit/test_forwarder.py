@@ -10,7 +10,7 @@ import itertools
 
 from aiortc.rtp import RtcpReceiverInfo, RtcpSenderInfo, RtcpSrPacket
 
-from relay.forwarder import HISTORY_SIZE, NTP_EPOCH_OFFSET
+from relay.forwarder import HISTORY_SIZE, NTP_EPOCH_OFFSET, RESEND_MIN_INTERVAL
 from relay.producer import Producer
 from tests.relay.unit.conftest import (
     OPUS,
@@ -268,6 +268,34 @@ def test_a_nack_is_answered_over_rtx(bench: Bench, sink: CaptureSink) -> None:
     assert diff16(sink.take()[0].seq, resent[1].seq) == 1
 
 
+def test_a_packet_listed_again_while_its_copy_is_on_its_way_is_not_resent_again(
+    bench: Bench, sink: CaptureSink
+) -> None:
+    """aiortc's receiver lists every packet still missing at each new gap: answering each
+    listing would flood the lossy link with copies."""
+    producer = bench.producer(VP8)
+    forwarder = bench.forwarder(producer, sink, answered=VP8_ANSWERED)
+    producer.on_rtp(video(1, 0, VP8_KEYFRAME), bench.clock())
+    for seq in range(2, 7):
+        producer.on_rtp(video(seq, seq * VIDEO_STEP, bytes([seq]) * 5), bench.clock())
+    sent = sink.take()
+    forwarder.on_nack([sent[2].seq])
+    bench.tick(RESEND_MIN_INTERVAL / 2)
+    forwarder.on_nack([sent[2].seq, sent[3].seq])  # the first again, and a new one
+    assert [p.payload[:2] for p in sink.take()] == [
+        sent[2].seq.to_bytes(2, "big"),
+        sent[3].seq.to_bytes(2, "big"),
+    ]
+    bench.tick(RESEND_MIN_INTERVAL)  # that copy was lost too: listed again, resent again
+    forwarder.on_nack([sent[2].seq])
+    assert [p.payload[:2] for p in sink.take()] == [sent[2].seq.to_bytes(2, "big")]
+    assert forwarder.stats.retransmits == 3
+    forwarder.stats.rtt_seconds = 0.5  # a long round trip: a copy takes that long to tell
+    bench.tick(0.3)
+    forwarder.on_nack([sent[2].seq])
+    assert sink.take() == []
+
+
 def test_without_rtx_the_packet_is_resent_as_it_was(bench: Bench, sink: CaptureSink) -> None:
     producer = bench.producer(OPUS)
     forwarder = bench.forwarder(producer, sink)
@@ -473,3 +501,19 @@ def test_loss_the_publisher_caused_is_not_the_legs(bench: Bench, sink: CaptureSi
         video_second(bench, producer, seq)
         forwarder.on_receiver_report(report(0.3))
     assert forwarder.remb_bps == 430_000
+
+
+def test_with_audio_first_the_loss_limit_stops_at_what_video_needs(
+    bench: Bench, sink: CaptureSink
+) -> None:
+    """Below it the leg would count for nothing (its video is the gate's to pause), and the
+    publisher would go on flooding it: the leg holds the publisher there instead."""
+    producer = bench.producer(VP8)
+    forwarder = bench.forwarder(producer, sink)
+    forwarder.remb_floor = 150_000
+    forwarder.on_remb(430_000)
+    seq = 1
+    for _ in range(10):
+        seq = video_second(bench, producer, seq)
+        forwarder.on_receiver_report(report(0.6))
+    assert forwarder.remb_bps == 150_000
