@@ -47,7 +47,7 @@ from relay.negotiation import (
     parse_sections,
 )
 from relay.probe import PaddingProbe, ramped_rate
-from relay.producer import Producer
+from relay.producer import REMB_FLOOR_BPS, Producer
 from relay.reasons import LeaveReason
 from relay.rtp import find_extension, payload_bounds
 from relay.settings import RelaySettings
@@ -61,6 +61,9 @@ LOGGED_MEDIA_PATH_ERRORS = 5
 # A receiver report this recent says something about the link now (they come every ~1 s; a
 # stream paused or a browser's 5 s audio interval leaves older ones standing).
 FRESH_REPORT = 2.5
+# Audio first: an uplink probe that makes the relay lose this much more of the voice than it
+# did while the video was paused ends (`Participant._uplink_voice_cost`).
+PROBE_VOICE_COST = 0.05
 
 
 @dataclass(frozen=True)
@@ -200,6 +203,7 @@ class Participant:
         self._probe_counted = 0  # its bytes sent, and when, at the last tick
         self._probe_counted_at = 0.0
         self._uplink_probe_began = 0.0  # when the uplink's probe (its REMB ramp) began
+        self._paused_voice_loss = (0.0, 0)  # the voice's loss while paused: (sum, reports)
 
     @property
     def socket_id(self) -> str:
@@ -845,6 +849,7 @@ class Participant:
         elapsed = now - self._video_received_at
         delivered = (received - self._video_received) * 8 / elapsed if elapsed > 0 else None
         self._video_received, self._video_received_at = received, now
+        loss = max(loss, self._uplink_voice_cost())
         change = self.uplink_gate.update(max(known) if known else None, loss, delivered)
         if change is not None and change.after is GateState.PROBING:
             self._uplink_probe_began = now
@@ -863,10 +868,32 @@ class Participant:
             self.listener.video_changed(self, Direction.UP, True, GateReason.WEAK)
         self._tell_video_change(Direction.UP, change)
 
+    def _uplink_voice_cost(self) -> float:
+        """While the uplink probes: how much more of the participant's voice the relay loses
+        than it did while the video was paused (0 otherwise). A browser's encoder adapts to
+        the loss the relay's receiver reports show and can hold a probe in GCC's 2-10 % band,
+        neither failing nor succeeding for its 25 s, the voice beside it losing as much: a
+        probe that costs the voice 5 % ends (`probe_loss` of the gate). Loss the link had
+        without the video (random, Wi-Fi) is not the probe's."""
+        audio = [p.stats.fraction_lost for p in self.producers.values() if p.kind == "audio"]
+        voice = max(audio, default=0.0)
+        state = self.uplink_gate.state
+        if state is GateState.PAUSED:
+            total, count = self._paused_voice_loss
+            self._paused_voice_loss = (total + voice, count + 1)
+            return 0.0
+        if state is GateState.FLOWING:
+            self._paused_voice_loss = (0.0, 0)
+            return 0.0
+        total, count = self._paused_voice_loss
+        baseline = total / count if count else 0.0
+        settings = self._settings.video_gate
+        return settings.probe_loss if voice - baseline >= PROBE_VOICE_COST else 0.0
+
     def _uplink_probe_rate(self, now: float) -> int | None:
         """The REMB audio first sends this participant's publisher: none of its own while the
-        video flows; while paused, the probe's first rate (the relay's stale estimate does not
-        count: Chromium keeps the last REMB as its limit); while probing, ramped up to a
+        video flows; while paused, the floor (the relay's stale estimate does not count:
+        Chromium keeps the last REMB as its limit); while probing, ramped up to a
         little more than video needs, as the downlink's padding is: a browser's encoder
         follows it up from a low rate instead of flooding the weak link at once (aiortc's
         never encodes below 250 kbit/s)."""
@@ -874,7 +901,9 @@ class Participant:
         if state is GateState.FLOWING:
             return None
         if state is GateState.PAUSED:
-            return settings.probe_start_bps
+            # the lowest a browser encodes at: RTCP gets there while the `video-paused` event
+            # may sit for seconds behind the weak link's stalled TCP
+            return REMB_FLOOR_BPS
         elapsed = now - self._uplink_probe_began
         return round(
             ramped_rate(

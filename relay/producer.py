@@ -203,7 +203,9 @@ class Producer:
             self._missing[(seq - gap) & 0xFFFF] = arrival
         while len(self._missing) > MAX_TRACKED_MISSING:
             del self._missing[next(iter(self._missing))]
-        if self.codec.nack and self.media_ssrc is not None:
+        # (not while audio first has the video paused or probing: the resends would load the
+        # weak uplink, and the video they would repair is being given up)
+        if self.codec.nack and self.media_ssrc is not None and self.probe_bps is None:
             nack = RtcpRtpfbPacket(
                 fmt=RTCP_RTPFB_NACK, ssrc=self._rtcp_ssrc, media_ssrc=self.media_ssrc
             )

@@ -11,8 +11,8 @@ limited for `BENCH_AF_SECONDS` (20). Measured:
   the longest silence between two packets, over the whole window and after `video-paused`;
 * weak ← strong (the relay's downlink, its padding probe): Chromium's own inbound audio
   `packetsLost` / `packetsReceived` over the window (getStats);
-* with audio first, when the video paused (up), how many uplink probes ran, and after the limit
-  is lifted, when `video-resumed` `recovered` came.
+* with audio first, when the video paused (up), and after the limit is lifted, when
+  `video-resumed` `recovered` came (the probes in between are told to the browser alone).
 
 Run by `scripts/bench_audio_first --browser` (BENCH_AF_MODES="on off" by default). Prints one
 "BENCH …" line per mode; the figures go to docs/benchmarks.md.
@@ -128,6 +128,10 @@ async def measure(
         ]
 
     down_lost, down_received = await remote.run(page.evaluate(INBOUND_AUDIO))
+    voice_bytes, voice_packets = audio.bytes, audio.media_packets
+    await asyncio.sleep(3.0)  # a measurement: what the browser's voice costs, unconstrained
+    voice_kbit = (audio.bytes - voice_bytes) * 8 / 3000
+    voice_pps = (audio.media_packets - voice_packets) / 3
     packets, lost = audio.media_packets, audio.lost
     namespace.reshape(RATE_KBIT)
     start = time.time()
@@ -139,21 +143,25 @@ async def measure(
             paused_at = time.time()
             after = (audio.media_packets, audio.lost)
     end = time.time()
-    probes = sum(1 for e in up_events("video-resumed") if e.get("reason") == "probe")
     down = await remote.run(page.evaluate(INBOUND_AUDIO))
     got, missed = audio.media_packets - packets, audio.lost - lost
     figures = [
-        f"mode={mode} rate={RATE_KBIT}kbit window={end - start:.1f}s",
+        f"mode={mode} rate={RATE_KBIT}kbit window={end - start:.1f}s "
+        f" voice={voice_kbit:.0f}kbit-payload/{voice_pps:.0f}pps",
         f"up-loss={loss_pct(missed, got):.1f}% up-gap={audio.longest_gap_ms(start, end):.0f}ms",
         f"down-loss={loss_pct(down[0] - down_lost, down[1] - down_received):.1f}%",
     ]
     if paused_at is not None:
         got_after, missed_after = audio.media_packets - after[0], audio.lost - after[1]
         figures += [
-            f"paused-up-after={paused_at - start:.1f}s uplink-probes={probes}",
+            f"paused-up-after={paused_at - start:.1f}s",
             f"after-pause: up-loss={loss_pct(missed_after, got_after):.1f}% "
             f"up-gap={audio.longest_gap_ms(paused_at, end):.0f}ms",
         ]
+    lost_by_second = [
+        audio.buckets.get(second, [0, 0, 0, 0])[3] for second in range(int(start), int(end))
+    ]
+    figures.append("lost-per-second=" + ",".join(map(str, lost_by_second)))
     namespace.reshape(None)
     lifted = time.monotonic()
     if mode == "on":

@@ -10,8 +10,12 @@ from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 
 from relay.adaptation import GateSettings, GateState, VideoGate
 from relay.forwarder import Forwarder, SendParameters
+from relay.participant import Participant, ParticipantInfo
 from relay.probe import PaddingProbe, ramped_rate
+from relay.settings import RelaySettings
+from relay.stats import RelayStats
 from tests.relay.unit.conftest import (
+    OPUS,
     VP8,
     VP8_DELTA,
     VP8_KEYFRAME,
@@ -438,3 +442,43 @@ def test_a_probes_rate_ramps_from_its_start_to_its_target() -> None:
     assert ramped_rate(ramp * 3, start, target, ramp) == target
     assert ramped_rate(-1.0, start, target, ramp) == start
     assert ramped_rate(0.0, start, target, 0.0) == target
+
+
+# -- the uplink's probe: what it costs the voice ------------------------------------------------
+
+
+def test_an_uplink_probe_that_costs_the_voice_ends_and_one_on_a_lossy_link_does_not(
+    bench: Bench,
+) -> None:
+    """A browser adapts its video to the loss in the relay's reports and can hold a probe in
+    GCC's 2-10 % band for its whole 25 s: what the voice loses beyond what it lost while the
+    video was paused ends the probe; the link's own random loss does not."""
+    info = ParticipantInfo("s1", "user-1", "A. Person", "client")
+    participant = Participant(
+        info,
+        None,  # type: ignore[arg-type]  # neither is called here
+        settings=RelaySettings(),
+        stats=RelayStats(),
+        clock=bench.clock,
+        owner=None,  # type: ignore[arg-type]
+    )
+    voice = bench.producer(OPUS)
+    participant.producers["0"] = voice
+    gate = participant.uplink_gate
+    gate.state = GateState.PAUSED
+    for loss in (0.06, 0.08, 0.07):  # what the link loses anyway (Wi-Fi), video paused
+        voice.stats.fraction_lost = loss
+        assert participant._uplink_voice_cost() == 0.0
+    gate.state = GateState.PROBING
+    voice.stats.fraction_lost = 0.09  # no worse than without the video: the probe goes on
+    assert participant._uplink_voice_cost() == 0.0
+    voice.stats.fraction_lost = 0.13  # 6 % more: the probe costs the voice, it ends
+    assert participant._uplink_voice_cost() == SETTINGS.probe_loss
+    gate.state = GateState.FLOWING  # resumed: the next pause measures afresh
+    assert participant._uplink_voice_cost() == 0.0
+    gate.state = GateState.PAUSED
+    voice.stats.fraction_lost = 0.0
+    participant._uplink_voice_cost()
+    gate.state = GateState.PROBING
+    voice.stats.fraction_lost = 0.05
+    assert participant._uplink_voice_cost() == SETTINGS.probe_loss
