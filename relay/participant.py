@@ -844,7 +844,9 @@ class Participant:
         the relay's own estimate of its uplink says the link cannot carry it."""
         video = [p for p in self.producers.values() if p.kind == "video"]
         known = [bps for p in video if (bps := p.stats.estimate_bps) is not None]
-        loss = max((p.stats.fraction_lost for p in video), default=0.0)
+        # the worse of the last two intervals: a link that lets a video packet through only
+        # now and then shows no loss in an interval that got none (nothing was expected)
+        loss = max((p.recent_loss for p in video), default=0.0)
         now, received = self._clock(), sum(p.stats.bytes for p in video)
         elapsed = now - self._video_received_at
         delivered = (received - self._video_received) * 8 / elapsed if elapsed > 0 else None

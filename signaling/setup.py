@@ -6,7 +6,9 @@ connections use; the relay's lifetime is the composition root's, not ours.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -128,6 +130,24 @@ async def bridged_handler(request: web.Request) -> web.WebSocketResponse:
     return await _serve(request, signaling, None, bridged=bridged)
 
 
+# Linux's TCP_THIN_LINEAR_TIMEOUTS (not in Python's socket module): a thin stream (few
+# segments in flight) retransmits at a steady RTO instead of doubling it at each loss.
+TCP_THIN_LINEAR_TIMEOUTS = 16
+
+
+def thin_stream(request: web.Request) -> None:
+    """Mark the socket a thin stream. Signaling is one: a few small messages at a time. On a
+    weak link the segments lost while video flooded it back TCP's retransmission timer off to
+    seconds, and an event such as `video-paused`, the one that relieves the link, then waits
+    that long after the link is free; linear timeouts resend it within a few hundred ms."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):  # not Linux, or a kernel without it: nothing lost
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS, 1)
+
+
 async def _serve(
     request: web.Request,
     signaling: Signaling,
@@ -140,6 +160,7 @@ async def _serve(
     # included) and judges a silent socket by its media too (signaling/liveness.py).
     ws = web.WebSocketResponse(autoping=False, max_msg_size=MAX_MESSAGE_BYTES)
     await ws.prepare(request)
+    thin_stream(request)
     signaling.sockets.add(ws)
     try:
         connection = SignalingConnection(

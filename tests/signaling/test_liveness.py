@@ -68,3 +68,21 @@ def test_the_reports_of_a_receive_only_participant_count_as_media() -> None:
     clock = Clock()
     seen = watch(Liveness(clock), clock, 12, lambda t: (0, float(int(t))))  # one report a second
     assert all(v is Verdict.PING for _, v in seen)
+
+
+def test_a_signaling_socket_is_marked_a_thin_stream() -> None:
+    """Linear retransmission timeouts: an event lost while video flooded a weak link is resent
+    within a few hundred ms once the link is free, not after a doubled-up RTO of seconds."""
+    import socket
+    from types import SimpleNamespace
+
+    from signaling.setup import TCP_THIN_LINEAR_TIMEOUTS, thin_stream
+
+    server = socket.create_server(("127.0.0.1", 0))
+    with server, socket.create_connection(server.getsockname()) as client:
+        accepted, _ = server.accept()
+        with accepted:
+            transport = SimpleNamespace(get_extra_info=lambda name: accepted)
+            thin_stream(SimpleNamespace(transport=transport))  # type: ignore[arg-type]
+            assert accepted.getsockopt(socket.IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS) == 1
+            assert client.getsockopt(socket.IPPROTO_TCP, TCP_THIN_LINEAR_TIMEOUTS) == 0
