@@ -179,8 +179,10 @@ class SignalingConnection:
                 await self._writer
 
     async def _await_authenticate_message(self) -> bool:
+        deadline = asyncio.get_running_loop().time() + AUTHENTICATE_TIMEOUT
         try:
-            raw = await self.ws.receive(timeout=AUTHENTICATE_TIMEOUT)
+            async with asyncio.timeout_at(deadline):
+                raw = await self._receive_answering_pings()
         except TimeoutError:
             self._send_error("AUTHENTICATION_FAILED", "no authenticate message within 10 s")
             await self._close(CLOSE_UNAUTHENTICATED)
@@ -280,12 +282,23 @@ class SignalingConnection:
                     self.request.transport.close()
                 return
 
-    async def _read_loop(self) -> None:
-        async for raw in self.ws:
+    async def _receive_answering_pings(self) -> aiohttp.WSMessage:
+        """The next frame that is not a ping or a pong (pings answered: no autoping, so that
+        the keep-alive sees every frame)."""
+        while True:
+            raw = await self.ws.receive()
             self._liveness.heard()
-            if raw.type == WSMsgType.PING:  # answered here: the keep-alive sees every frame
-                await self.ws.pong(raw.data)
-                continue
+            if raw.type == WSMsgType.PING:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.ws.pong(raw.data)
+            elif raw.type != WSMsgType.PONG:
+                return raw
+
+    async def _read_loop(self) -> None:
+        while not self.ws.closed:
+            raw = await self._receive_answering_pings()
+            if raw.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                break
             if raw.type in (WSMsgType.TEXT, WSMsgType.BINARY) and not self._messages.take():
                 await self._refuse(
                     ProtocolError(

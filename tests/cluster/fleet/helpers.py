@@ -71,12 +71,18 @@ class Call:
                     raise
         raise AssertionError(f"{self.room}: no rejoin within {give_up_after} s")
 
-    async def verify_media(self, frames: int = 10) -> None:
-        """Each decodes the other's pictures and hears the other's tone."""
+    async def verify_pictures(self, frames: int = 10) -> None:
+        """Each decodes the other's pictures."""
         a, b = self.clients
         await asyncio.gather(
             sees(a, b, self.sources[1], frames), sees(b, a, self.sources[0], frames)
         )
+
+    async def verify_media(self, frames: int = 10) -> None:
+        """Each decodes the other's pictures and hears the other's tone (its three timing
+        marks, a second apart, take up to 3 s more)."""
+        await self.verify_pictures(frames)
+        a, b = self.clients
         await asyncio.gather(hears(a, b, self.sources[1]), hears(b, a, self.sources[0]))
 
     async def close(self) -> None:
