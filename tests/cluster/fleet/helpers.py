@@ -79,8 +79,8 @@ class Call:
         )
 
     async def verify_media(self, frames: int = 10) -> None:
-        """Each decodes the other's pictures and hears the other's tone (its three timing
-        marks, a second apart, take up to 3 s more)."""
+        """Each decodes the other's pictures and hears the other's tone (three timing marks
+        and the tone's windows after the pictures: seen to take up to 3 s more)."""
         await self.verify_pictures(frames)
         a, b = self.clients
         await asyncio.gather(hears(a, b, self.sources[1]), hears(b, a, self.sources[0]))
