@@ -64,6 +64,9 @@ FRESH_REPORT = 2.5
 # Audio first: an uplink probe that makes the relay lose this much more of the voice than it
 # did while the video was paused ends (`Participant._uplink_voice_cost`).
 PROBE_VOICE_COST = 0.05
+# A publisher's uplink losing this much: what its subscribers report lost is no verdict on
+# their own links (`Participant._fresh_loss`).
+LOSSY_UPSTREAM = 0.05
 
 
 @dataclass(frozen=True)
@@ -769,14 +772,18 @@ class Participant:
         """The worst loss on this link (relay → subscriber) among these streams, from the
         subscriber's reports since `since`. A report counts the publisher's own losses too (the
         relay forwards its sequence numbers): what the relay itself missed from the publisher
-        is taken out, so a weak uplink elsewhere is not this link's fault."""
+        is taken out, so a weak uplink elsewhere is not this link's fault. A stream whose
+        publisher's uplink is itself lossy says nothing: its report interval and the relay's
+        do not line up, and a starved uplink's loss comes in bursts, so what is left after the
+        subtraction can read as this link's heavy loss."""
         worst = 0.0
         for f in forwarders:
             producer = f.producer
             if producer is None or f.reported_at is None or f.reported_at < since:
                 continue
-            upstream = min(producer.recent_loss, 0.99)
-            worst = max(worst, 1 - (1 - f.stats.fraction_lost) / (1 - upstream))
+            if producer.recent_loss >= LOSSY_UPSTREAM:
+                continue
+            worst = max(worst, 1 - (1 - f.stats.fraction_lost) / (1 - producer.recent_loss))
         return worst
 
     def _probe_loss(self, video: list[Forwarder]) -> float:

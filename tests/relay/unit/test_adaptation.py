@@ -482,3 +482,19 @@ def test_an_uplink_probe_that_costs_the_voice_ends_and_one_on_a_lossy_link_does_
     gate.state = GateState.PROBING
     voice.stats.fraction_lost = 0.05
     assert participant._uplink_voice_cost() == SETTINGS.probe_loss
+
+
+def test_a_subscribers_loss_on_a_lossy_publishers_stream_is_no_verdict_on_its_link(
+    bench: Bench, sink: CaptureSink
+) -> None:
+    """The relay forwards the publisher's gaps; with a starved uplink they come in bursts that
+    the subtraction cannot line up with the subscriber's report interval."""
+    producer = bench.producer(VP8)
+    forwarder = bench.forwarder(producer, sink)
+    forwarder.reported_at = bench.clock()
+    forwarder.stats.fraction_lost = 0.5
+    producer.recent_loss = 0.3  # the publisher's own uplink loses
+    assert Participant._fresh_loss([forwarder], bench.clock() - 1) == 0.0
+    producer.recent_loss = 0.02  # a clean uplink: the rest is this link's
+    loss = Participant._fresh_loss([forwarder], bench.clock() - 1)
+    assert abs(loss - (1 - 0.5 / 0.98)) < 1e-9
