@@ -54,8 +54,10 @@ async def test_room_joined_precedes_the_subscriber_offer_sent_during_the_audit(
     await eventually(lambda: slow.waiting == 1, "the late joiner's audit write")
     by_user = {p.info.user_id: p for p in relay.rooms[room_id].participants.values()}
     newcomer, already = by_user[booking.client.id], by_user[booking.psychologist.id]
-    # the relay has already made its subscriber offer for the newcomer...
-    await eventually(lambda: newcomer._awaiting_answer, "the relay's subscriber offer")
+    # the relay has already made its subscriber offer for the newcomer (handed it to the
+    # connection: `_awaiting_answer` is set before the offer is created, on a loaded machine
+    # long enough before for the media-state below to come first)...
+    await eventually(lambda: newcomer._told_tracks is not None, "the relay's subscriber offer")
     # ...and the one already in the room changes its media state meanwhile
     await first.send_json({"event": "media-state", "data": {"audio": False, "video": True}})
     assert (await receive(first))["event"] == "user-joined"
