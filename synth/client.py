@@ -28,9 +28,15 @@ from aiortc import (
     RTCSessionDescription,
 )
 
-from relay._aiortc import patient_video, transform_received_frames, transform_sent_frames
+from relay._aiortc import (
+    keep_decoder_stopped,
+    patient_video,
+    transform_received_frames,
+    transform_sent_frames,
+)
 from relay._aiortc.hooks import preset_voice_bitrate
 from synth.e2ee import E2eeSession
+from synth.lean import LeanClip, LeanReceiver
 from synth.measure import StreamCounter, tap_receiver
 from synth.probe import AudioProbe, VideoProbe
 
@@ -56,6 +62,7 @@ class CallClient:
         probe_media: bool = True,
         use_query_token: bool = True,
         e2ee: bool = False,
+        lean: LeanClip | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token
@@ -84,6 +91,9 @@ class CallClient:
         # End-to-end encryption as the browser client does it (synth/e2ee.py), when asked.
         self.want_e2ee = e2ee
         self.e2ee: E2eeSession | None = None
+        # A lean subscriber (synth/lean.py): counts at the socket, checks a sample against `lean`.
+        self.lean = lean
+        self.lean_receivers: list[LeanReceiver] = []
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -179,6 +189,9 @@ class CallClient:
             await self._session.close()
 
     async def _close_peers(self) -> None:
+        for receiver in self.lean_receivers:
+            receiver.close()
+        self.lean_receivers.clear()
         for probe in [*self.video_probes.values(), *self.audio_probes.values()]:
             await probe.stop()
         for pc in (self.publisher, self.subscriber):
@@ -259,6 +272,11 @@ class CallClient:
             "answer",
             {"answer": {"type": "answer", "sdp": pc.localDescription.sdp}, "target": "subscriber"},
         )
+        if self.lean is not None and not self.lean_receivers:
+            counters = self.stream_counters
+            self.lean_receivers.append(
+                LeanReceiver(pc, lambda mid, kind: counters.get(mid), self.lean.fingerprints)
+            )
 
     def _on_track(self, track: MediaStreamTrack) -> None:
         assert self.subscriber is not None
@@ -267,6 +285,11 @@ class CallClient:
         )
         mid = transceiver.mid if transceiver is not None else None
         if transceiver is None or mid is None:
+            return
+        if self.lean is not None:
+            if mid not in self.stream_counters:
+                self.stream_counters[mid] = StreamCounter(track.kind)
+                keep_decoder_stopped(transceiver.receiver)
             return
         if mid not in self.stream_counters:
             if self.e2ee is not None:  # before the receiver starts (its decoder takes frames)

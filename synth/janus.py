@@ -42,6 +42,8 @@ from aiortc import (
     RTCSessionDescription,
 )
 
+from relay._aiortc import keep_decoder_stopped
+from synth.lean import LeanClip, LeanReceiver
 from synth.measure import StreamCounter, tap_receiver
 from synth.probe import AudioProbe, VideoProbe
 
@@ -374,6 +376,7 @@ class JanusParticipant:
         *,
         probe_media: bool = True,
         ice_servers: list[RTCIceServer] | None = None,
+        lean: LeanClip | None = None,
     ) -> None:
         self.url = url
         self.room = room
@@ -392,6 +395,8 @@ class JanusParticipant:
         self._tasks: set[asyncio.Task[None]] = set()
         self._subscribing: set[str] = set()
         self.errors: list[str] = []
+        self.lean = lean  # lean subscribers (synth/lean.py), as CallClient's
+        self.lean_receivers: list[LeanReceiver] = []
 
     @property
     def socket_id(self) -> str | None:
@@ -484,6 +489,13 @@ class JanusParticipant:
 
             await pc.setRemoteDescription(RTCSessionDescription(sdp=jsep["sdp"], type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
+            if self.lean is not None:
+                counters = self.counters
+                self.lean_receivers.append(
+                    LeanReceiver(
+                        pc, lambda mid, kind: counters.get((feed, kind)), self.lean.fingerprints
+                    )
+                )
             answer = {"type": "answer", "sdp": pc.localDescription.sdp, "trickle": False}
             await self.session.message(handle, {"request": "start"}, answer, timeout=15)
         except Exception as exc:
@@ -495,6 +507,9 @@ class JanusParticipant:
         if transceiver is None or (feed, track.kind) in self.counters:
             return
         counter = self.counters[(feed, track.kind)] = StreamCounter(track.kind)
+        if self.lean is not None:
+            keep_decoder_stopped(transceiver.receiver)
+            return
         tap_receiver(transceiver.receiver, counter, decode=self.probe_media)
         if not self.probe_media:
             return
@@ -523,6 +538,8 @@ class JanusParticipant:
                 await task
         for probe in [*self.video_probes.values(), *self.audio_probes.values()]:
             await probe.stop()
+        for receiver in self.lean_receivers:
+            receiver.close()
         for pc in [self.publisher, *self.subscribers.values()]:
             if pc is not None:
                 with contextlib.suppress(Exception):

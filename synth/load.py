@@ -51,7 +51,8 @@ import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
-from relay._aiortc import take_keyframe_request
+from relay._aiortc import IdleTrack, take_keyframe_request
+from synth.lean import LeanClip, LeanPublisher, LeanReceiver
 from synth.measure import StreamCounter, loadavg, proc_cpu_seconds, summarize
 from synth.pacing import Pacer
 from synth.probe import AudioProbe, VideoProbe
@@ -118,6 +119,8 @@ class LoadOptions:
     seed: int | None = None
     # Encrypt end to end as the browser client does (synth/e2ee.py): VP8 + Opus only.
     e2ee: bool = False
+    # With cheap: the cheap participants are lean (synth/lean.py): many per process.
+    lean: bool = False
 
     def validate(self) -> None:
         if not self.url:
@@ -126,6 +129,8 @@ class LoadOptions:
             raise LoadError("need at least one call of at least two participants")
         if self.e2ee and (self.target != "relay" or self.media.codec != "vp8"):
             raise LoadError("--e2ee needs the relay and VP8 (the frame format's codecs)")
+        if self.lean and (not self.cheap or self.e2ee):
+            raise LoadError("--lean needs --cheap, and does not encrypt end to end")
         if self.participants > 8:
             raise LoadError("at most 8 participants per call")
         if self.duration <= 0 or self.ramp <= 0 or self.warmup < 0:
@@ -182,6 +187,7 @@ class RunPlan:
     setup_timeout: float
     media_path: str | None = None
     e2ee: bool = False
+    lean: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -347,6 +353,7 @@ def build_plan(
         media=options.media,
         setup_timeout=options.setup_timeout,
         e2ee=options.e2ee,
+        lean=options.lean,
     )
 
 
@@ -470,6 +477,9 @@ class Endpoint(Protocol):
 
     def counter_from(self, key: str, kind: str) -> StreamCounter | None: ...
 
+    @property
+    def lean_receivers(self) -> list[LeanReceiver]: ...
+
     async def close(self) -> None: ...
 
 
@@ -482,11 +492,16 @@ class Live:
     published_at: float | None = None
     error: str | None = None
     tracks: list[MediaStreamTrack] = field(default_factory=list)
+    lean: LeanPublisher | None = None
 
 
-def _tracks(plan: RunPlan, spec: ParticipantSpec, cheap: dict[str, Any] | None) -> list[Any]:
+def _tracks(
+    plan: RunPlan, spec: ParticipantSpec, cheap: dict[str, Any] | None, lean: LeanClip | None
+) -> list[Any]:
     from synth.tracks import PatternVideoTrack, ToneAudioTrack
 
+    if lean is not None:  # the SSRCs and the SDP only: LeanPublisher sends the media
+        return [IdleTrack("video"), IdleTrack("audio")]
     m = plan.media
     if spec.full or cheap is None:
         return [
@@ -532,8 +547,11 @@ async def sleep_until(wall: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def _setup(plan: RunPlan, call: CallSpec, live: Live, cheap: dict[str, Any] | None) -> None:
+async def _setup(
+    plan: RunPlan, call: CallSpec, live: Live, cheap: dict[str, Any] | None, clip: LeanClip | None
+) -> None:
     spec = live.spec
+    lean = clip if not spec.full and not spec.decode else None
     await sleep_until(spec.join_at)
     live.joined_at = time.time()
     try:
@@ -542,25 +560,31 @@ async def _setup(plan: RunPlan, call: CallSpec, live: Live, cheap: dict[str, Any
                 from synth.janus import JanusParticipant
 
                 janus = JanusParticipant(
-                    plan.url, int(call.room), spec.label, probe_media=spec.decode
+                    plan.url, int(call.room), spec.label, probe_media=spec.decode, lean=lean
                 )
                 live.endpoint = janus
                 await janus.connect()
                 await janus.join()
-                live.tracks = _tracks(plan, spec, cheap)
+                live.tracks = _tracks(plan, spec, cheap, lean)
                 await janus.publish(*live.tracks, video_codec=plan.media.codec)
-                attach_clip_senders(janus.publisher)
+                publisher = janus.publisher
             else:
                 from synth.client import CallClient
 
                 assert spec.token is not None
-                client = CallClient(plan.url, spec.token, probe_media=spec.decode, e2ee=plan.e2ee)
+                client = CallClient(
+                    plan.url, spec.token, probe_media=spec.decode, e2ee=plan.e2ee, lean=lean
+                )
                 live.endpoint = client
                 await client.connect()
                 await client.join(call.room)
-                live.tracks = _tracks(plan, spec, cheap)
+                live.tracks = _tracks(plan, spec, cheap, lean)
                 await client.publish(*live.tracks, video_codec=plan.media.codec)
-                attach_clip_senders(client.publisher)
+                publisher = client.publisher
+            if lean is not None:
+                live.lean = LeanPublisher(publisher, lean, spec.source_id)
+            else:
+                attach_clip_senders(publisher)
             live.key = live.endpoint.socket_id
             live.published_at = time.time()
     except TimeoutError:
@@ -637,11 +661,15 @@ def _stream_result(
 
 
 async def run_call(
-    plan: RunPlan, call: CallSpec, cheap: dict[str, Any] | None, lives: list[Live]
+    plan: RunPlan,
+    call: CallSpec,
+    cheap: dict[str, Any] | None,
+    lives: list[Live],
+    clip: LeanClip | None = None,
 ) -> dict[str, Any]:
     """One call from its first join to t1; returns its result (stream stats, bitrate series)."""
     lives.extend(Live(spec) for spec in call.participants)
-    tasks = [asyncio.create_task(_setup(plan, call, live, cheap)) for live in lives]
+    tasks = [asyncio.create_task(_setup(plan, call, live, cheap, clip)) for live in lives]
     try:
         await sleep_until(plan.t1)
         for task in tasks:
@@ -691,12 +719,28 @@ async def run_call(
             "streams": streams,
             "bitrate_kbps": timeline,
             "samples": samples,
+            "lean": _lean_totals(lives),
         }
     finally:
         await asyncio.gather(*(_close(live) for live in lives))
 
 
+def _lean_totals(lives: Sequence[Live]) -> dict[str, int]:
+    """What the call's lean participants sent and checked (synth/lean.py)."""
+    totals: dict[str, int] = {}
+    for live in lives:
+        parts = [live.lean.stats() if live.lean else {}]
+        if live.endpoint is not None:
+            parts += [r.stats() for r in live.endpoint.lean_receivers]
+        for part in parts:
+            for key, value in part.items():
+                totals[key] = totals.get(key, 0) + value
+    return totals
+
+
 async def _close(live: Live) -> None:
+    if live.lean is not None:
+        live.lean.close()
     for track in live.tracks:
         track.stop()
     if live.endpoint is not None:
@@ -725,12 +769,14 @@ async def run_plan(
     plan: RunPlan, progress: ProgressFn | None = None, *, interval: float = 0.5
 ) -> list[dict[str, Any]]:
     """Run every call of ``plan`` in this process; results in call order."""
-    cheap = None
+    cheap = clip = None
     if plan.media_path:
         cheap = await asyncio.to_thread(load_cheap_media, plan.media_path)
+        if plan.lean:
+            clip = LeanClip.from_cheap(cheap, plan.media.fps, plan.media.codec)
     per_call: list[list[Live]] = [[] for _ in plan.calls]
     tasks = [
-        asyncio.create_task(run_call(plan, call, cheap, lives))
+        asyncio.create_task(run_call(plan, call, cheap, lives, clip))
         for call, lives in zip(plan.calls, per_call, strict=True)
     ]
 

@@ -283,8 +283,12 @@ class StreamCounter:
         timestamp: int,
         payload: bytes,
         arrival: float | None = None,
+        size: int | None = None,
     ) -> None:
-        """Record one packet (``arrival`` in wall-clock seconds, default now)."""
+        """Record one packet (``arrival`` in wall-clock seconds, default now).
+
+        ``size``: the payload's length when ``payload`` is not given (``b""``: a lean subscriber's
+        packet left encrypted, synth/lean.py); such a packet is not looked into for a keyframe."""
         if arrival is None:
             arrival = time.time()
         second = int(arrival)
@@ -310,8 +314,10 @@ class StreamCounter:
             self.last_packet_at = arrival if last is None else max(last, arrival)
         bucket = self._bucket(second)
         self.media_packets += 1
-        self.bytes += len(payload)
-        bucket[0] += len(payload)
+        if size is None:
+            size = len(payload)
+        self.bytes += size
+        bucket[0] += size
         bucket[1] += 1
         ext = self._extend(sequence_number)
         if self._ext_max is None:
@@ -349,6 +355,11 @@ class StreamCounter:
             self.keyframes += 1
             if self.first_keyframe_at is None:
                 self.first_keyframe_at = arrival
+
+    @property
+    def highest_sequence(self) -> int | None:
+        """The highest extended sequence number of the media stream so far (receiver reports)."""
+        return self._ext_max
 
     def longest_gap_ms(self, start: float, end: float) -> float:
         """The longest audio silence (> AUDIO_GAP_MS) that began within [start, end), 0 if none;

@@ -5,7 +5,8 @@ aiortc 1.16.0 and aioice 0.13.0 are pinned; `self_test()` (run once per process 
 Nothing outside `relay/_aiortc/` names an aiortc or aioice private attribute: the relay's core
 and the QA tool (`synth/`) use the functions exported here.
 
-    transport.py  MediaTransport: SRTP in and out straight from the ICE socket callback
+    transport.py  MediaTransport: SRTP in and out straight from the ICE socket callback;
+                  SampledTransport: the QA tool's lean subscribers (decrypt a sample)
     reader.py     batched reads of the ICE sockets (one readiness event drains a socket)
     gathering.py  host-candidate gathering: bind addresses, UDP port range, announced address
     hooks.py      SSRCs, decoder threads, idle senders, keyframe flags, receive taps
@@ -46,7 +47,7 @@ from relay._aiortc.selftest import (
     AiortcInternalsChanged,
     self_test,
 )
-from relay._aiortc.transport import MediaTransport
+from relay._aiortc.transport import MediaTransport, SampledTransport
 
 __all__ = [
     "SUPPORTED_AIOICE",
@@ -58,6 +59,7 @@ __all__ = [
     "MediaTransport",
     "PatientJitterBuffer",
     "PortRangeExhausted",
+    "SampledTransport",
     "SelectedPair",
     "bind_udp",
     "codec_work",

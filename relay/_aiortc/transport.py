@@ -167,5 +167,44 @@ class MediaTransport:
         self.on_rtcp = None
 
 
+class SampledTransport(MediaTransport):
+    """MediaTransport for the QA tool's lean subscribers (synth/lean.py): RTP goes to
+    `on_srtp` still encrypted (its header is clear text), and `unprotect` decrypts the datagrams
+    the caller chooses to look into; RTCP, and RTP before the keys, take MediaTransport's path.
+
+    libsrtp accepts a stream's packets decrypted out of a sample: it estimates each packet's index
+    from the highest seen, as long as the sample moves forward by fewer than 2**15 packets.
+    """
+
+    __slots__ = ("on_srtp",)
+
+    def __init__(
+        self, dtls: RTCDtlsTransport, on_error: ErrorHandler = log_media_path_error
+    ) -> None:
+        self.on_srtp: RtpHandler | None = None
+        super().__init__(dtls, on_error)
+
+    def _media_received(self, data: bytes, arrival: float) -> None:
+        on_srtp = self.on_srtp
+        if on_srtp is None or self.dtls._rx_srtp is None or len(data) < 12 or 191 < data[1] < 224:
+            MediaTransport._media_received(self, data, arrival)
+            return
+        try:
+            on_srtp(data, arrival)
+        except Exception:
+            self._on_error()
+
+    def unprotect(self, data: bytes) -> bytes | None:
+        """The plain RTP packet, or None when it fails authentication (or there are no keys)."""
+        srtp = self.dtls._rx_srtp
+        if srtp is None:
+            return None
+        try:
+            plain: bytes = srtp.unprotect(data)
+        except BAD_PACKET:
+            return None
+        return plain
+
+
 async def _discard(data: bytes) -> None:
     return None
