@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_PLI,
@@ -26,6 +25,7 @@ from aiortc.rtp import (
     pack_remb_fci,
 )
 
+from relay.estimator import RemoteBitrateEstimator
 from relay.negotiation import Codec
 from relay.rtp import find_extension, h264_keyframe, payload_bounds, vp8_keyframe
 from relay.stats import Histogram, StreamStats

@@ -136,6 +136,8 @@ class Config:
     redis_url: str | None = None
     # Seconds a draining worker waits for its calls to end before it ends the stragglers.
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    # relay/coalesce.py: the event loop pauses this long before it blocks (0: asyncio's own)
+    media_coalesce_ms: float = 0.5
     # This node's (worker's) name in the fleet; the supervisor gives its workers `{id}-w{i}`.
     node_id: str = "relay"
     # Set by the supervisor in its workers' environment (not a user setting).
@@ -297,6 +299,7 @@ class Config:
             workers=env.get_int("RELAY_WORKERS", default_workers(), minimum=1, maximum=MAX_WORKERS),
             redis_url=env.get_url("REDIS_URL", schemes=("redis", "rediss", "unix")),
             drain_timeout=env.get_float("DRAIN_TIMEOUT", DEFAULT_DRAIN_TIMEOUT, minimum=0.0),
+            media_coalesce_ms=env.get_float("MEDIA_COALESCE_MS", 0.5, minimum=0.0, maximum=2.0),
             node_id=check_node_id(
                 "RELAY_NODE_ID", env.get_str("RELAY_NODE_ID") or default_node_id()
             ),
@@ -351,7 +354,9 @@ class _Env:
             raise ConfigError(f"{name} must name a readable file, got {path!r}")
         return path
 
-    def get_float(self, name: str, default: float, *, minimum: float) -> float:
+    def get_float(
+        self, name: str, default: float, *, minimum: float, maximum: float | None = None
+    ) -> float:
         raw = self.get_str(name)
         if raw is None:
             return default
@@ -361,6 +366,8 @@ class _Env:
             raise ConfigError(f"{name} must be a number, got {raw!r}") from None
         if not value >= minimum:  # also refuses NaN
             raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name} must be <= {maximum}, got {value}")
         return value
 
     def get_list(self, name: str) -> tuple[str, ...]:

@@ -146,6 +146,9 @@ def test_metrics_settings() -> None:
         ("METRICS_MAX_CALLS", "-1", "METRICS_MAX_CALLS must be >= 0, got -1"),
         ("METRICS_SAMPLE_INTERVAL", "0", "METRICS_SAMPLE_INTERVAL must be >= 0.1, got 0.0"),
         ("METRICS_SAMPLE_INTERVAL", "fast", "METRICS_SAMPLE_INTERVAL must be a number, got 'fast'"),
+        ("MEDIA_COALESCE_MS", "-1", "MEDIA_COALESCE_MS must be >= 0.0, got -1.0"),
+        ("MEDIA_COALESCE_MS", "5", "MEDIA_COALESCE_MS must be <= 2.0, got 5.0"),
+        ("MEDIA_COALESCE_MS", "inf", "MEDIA_COALESCE_MS must be <= 2.0, got inf"),
     ],
 )
 def test_metrics_settings_keep_their_messages(name: str, value: str, message: str) -> None:

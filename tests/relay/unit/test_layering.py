@@ -18,8 +18,8 @@ LAYERS: list[set[str]] = [
     {"probe"},
     {"forwarder", "_aiortc"},
     {"producer"},
-    {"negotiation", "rtp", "stats", "settings", "reasons"},
-    {"candidates", "adaptation"},
+    {"negotiation", "rtp", "stats", "settings", "reasons", "estimator"},
+    {"candidates", "adaptation", "coalesce"},
 ]
 # `_aiortc` (aiortc's private internals) is for the participant and the relay's start-up only.
 AIORTC_USERS = {"sfu", "participant"}
