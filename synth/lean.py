@@ -54,7 +54,7 @@ from relay.negotiation import ABS_SEND_TIME_URI, MID_URI, MediaSection, parse_se
 from relay.rtp import FIXED_HEADER, ONE_BYTE_PROFILE, abs_send_time_now, payload_bounds
 from synth.measure import StreamCounter
 
-TICK = 0.005  # the replayer's wake-up period: frames due within it go out together
+TICK = 0.001  # the replayer's wake-up period: frames due within it go out together
 MAX_LAG = 0.5  # a replayer this far behind (a saturated machine) skips frames, as an encoder does
 SAMPLE_EVERY = 32  # after its first keyframe, a stream's packets decrypted: one in this many
 HISTORY = 512  # video packets kept per stream for NACK (a power of two)

@@ -843,6 +843,7 @@ class Worker:
 
     def __init__(self, index: int, plan: RunPlan, prefix: Sequence[str], log_dir: Path) -> None:
         self.index = index
+        self.plan = plan
         self.log_path = log_dir / f"worker-{index}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 (closed in wait())
         env = dict(os.environ)
@@ -907,9 +908,23 @@ class Worker:
 
 
 def split_plan(plan: RunPlan, procs: int) -> list[RunPlan]:
-    """Round-robin calls over ``procs`` plans (calls are never split between processes)."""
-    shares = [plan.calls[i::procs] for i in range(procs)]
+    """Round-robin calls over ``procs`` plans (calls are never split between processes).
+
+    With lean participants and several processes, the full calls get the first process to
+    themselves: their encoders and decoders do not share a core's time with the lean load, and
+    the other processes' CPU is the lean clients' cost alone."""
+    calls = plan.calls
+    head: list[list[CallSpec]] = []
+    if plan.lean and procs > 1:
+        full = [c for c in calls if _has_full(c)]
+        if full and len(full) < len(calls):
+            head, calls, procs = [full], [c for c in calls if not _has_full(c)], procs - 1
+    shares = head + [calls[i::procs] for i in range(procs)]
     return [dataclasses.replace(plan, calls=share) for share in shares if share]
+
+
+def _has_full(call: CallSpec) -> bool:
+    return any(p.full for p in call.participants)
 
 
 # -- the whole run -------------------------------------------------------------------------------
@@ -925,6 +940,11 @@ class RunResult:
     loadavg_after: list[float]
     client_cpu_pct: float | None
     worker_logs: list[str]
+    # over the measurement window [t0, t1), % of a core: every client process, and those that
+    # run lean calls only (None when the clients ran in this process)
+    client_window_cpu_pct: float | None = None
+    lean_window_cpu_pct: float | None = None
+    lean_calls: int = 0
 
 
 def run_load(
@@ -960,13 +980,16 @@ def run_load(
         cpu_before = time.process_time()
         logs: list[str] = []
         client_cpu: float | None
+        window = WindowCpu()
         if options.procs == 1 and not options.worker_prefix:
             calls = asyncio.run(
                 run_plan(plan, (lambda p: progress({**total, **p})) if progress else None)
             )
             client_cpu = (time.process_time() - cpu_before) / max(time.time() - plan.t_start, 1)
         else:
-            calls, client_cpu, logs = _run_workers(plan, options, directory, total, progress)
+            calls, client_cpu, logs = _run_workers(
+                plan, options, directory, total, progress, window
+            )
         return RunResult(
             options=options,
             plan=plan,
@@ -976,6 +999,9 @@ def run_load(
             loadavg_after=loadavg(),
             client_cpu_pct=client_cpu * 100 if client_cpu is not None else None,
             worker_logs=logs,
+            client_window_cpu_pct=window.all_pct,
+            lean_window_cpu_pct=window.lean_pct,
+            lean_calls=window.lean_calls,
         )
     finally:
         if own_dir:
@@ -984,12 +1010,45 @@ def run_load(
             shutil.rmtree(directory, ignore_errors=True)
 
 
+@dataclass
+class WindowCpu:
+    """The client processes' CPU over the measurement window, from the samples of their CPU
+    taken every half second (the first and the last sample inside the window)."""
+
+    all_pct: float | None = None
+    lean_pct: float | None = None
+    lean_calls: int = 0
+    _first: tuple[float, dict[int, float]] | None = None
+    _last: tuple[float, dict[int, float]] | None = None
+
+    def sample(self, plan: RunPlan, now: float, cpu: dict[int, float]) -> None:
+        if plan.t0 <= now <= plan.t1:
+            if self._first is None:
+                self._first = (now, dict(cpu))
+            self._last = (now, dict(cpu))
+
+    def finish(self, workers: Sequence[Worker]) -> None:
+        if self._first is None or self._last is None or self._last[0] - self._first[0] < 1:
+            return
+        (a, before), (b, after) = self._first, self._last
+
+        def pct(chosen: Sequence[Worker]) -> float:
+            return sum(after[w.pid] - before[w.pid] for w in chosen) / (b - a) * 100
+
+        self.all_pct = pct(workers)
+        lean = [w for w in workers if w.plan.lean and not any(map(_has_full, w.plan.calls))]
+        if lean:
+            self.lean_pct = pct(lean)
+            self.lean_calls = sum(len(w.plan.calls) for w in lean)
+
+
 def _run_workers(
     plan: RunPlan,
     options: LoadOptions,
     directory: Path,
     total: dict[str, Any],
     progress: ProgressFn | None,
+    window: WindowCpu,
 ) -> tuple[list[dict[str, Any]], float | None, list[str]]:
     workers: list[Worker] = []
     try:
@@ -1004,6 +1063,7 @@ def _run_workers(
                 value = proc_cpu_seconds(w.pid)
                 if value == value:  # not NaN: still running
                     cpu_last[w.pid] = value
+            window.sample(plan, time.time(), cpu_last)
             if progress is not None:
                 merged: dict[str, Any] = dict(total)
                 for key in ("joined", "failed", "flowing"):
@@ -1012,6 +1072,7 @@ def _run_workers(
             time.sleep(0.5)
         for w in workers:
             w.wait(deadline)
+        window.finish(workers)
         elapsed = max(time.time() - cpu_t0, 1e-6)
         client_cpu = sum(cpu_last[p] - cpu0[p] for p in cpu0) / elapsed
         calls: list[dict[str, Any]] = []

@@ -19,6 +19,7 @@ from relay.negotiation import ABS_SEND_TIME_URI, MID_URI, Codec, MediaSection
 from relay.rtp import FIXED_HEADER, find_extension, payload_bounds
 from synth import netns
 from synth.lean import HISTORY, LeanClip, LeanPublisher, Replayer, _OutStream
+from synth.load import LoadError, LoadOptions, RunPlan, build_plan, split_plan
 from synth.measure import StreamCounter
 from tests.helpers import TEST_JWT_SECRET
 from tests.synth.test_synth_cli import media_netns, relay_url, run_synth
@@ -107,17 +108,18 @@ def test_a_keyframe_request_jumps_to_the_next_keyframe_and_a_nack_is_answered_wi
 
 
 async def test_the_replayer_serves_many_streams_per_wakeup() -> None:
-    transports = [FakeTransport() for _ in range(20)]
+    transports = [FakeTransport() for _ in range(100)]
     streams = [_stream(t) for t in transports]
     replay = Replayer()
     for stream in streams:
         replay.add(stream)
-    await eventually(lambda: replay.frames >= 200, "200 frames replayed", timeout=10)
+    await eventually(lambda: replay.frames >= 1500, "1500 frames replayed", timeout=10)
     for stream in streams:
         stream.closed = True
     assert all(t.rtp for t in transports)
-    # 20 streams at 30 fps, woken at most every TICK (5 ms): several frames per wake-up
-    assert replay.frames / replay.wakeups > 2, (replay.frames, replay.wakeups)
+    # 100 streams at 30 fps (3,000 frames/s), woken at most every TICK (1 ms): several frames
+    # per wake-up
+    assert replay.frames / replay.wakeups > 1.5, (replay.frames, replay.wakeups)
 
 
 def test_a_lean_publisher_needs_a_negotiated_connection() -> None:
@@ -138,6 +140,18 @@ def test_a_counter_counts_an_encrypted_packet_by_its_size() -> None:
     counter.on_packet(96, 1, 12, 4000, b"", 100.1, size=100)
     assert (counter.bytes, counter.media_packets, counter.lost, counter.frames) == (1000, 2, 1, 2)
     assert counter.keyframes == 0 and counter.highest_sequence == 12
+
+
+def test_the_full_calls_get_a_client_process_of_their_own() -> None:
+    options = LoadOptions(url="http://x", calls=5, participants=2, jwt_secret="s", cheap=True,
+                          lean=True, full_calls=1)  # fmt: skip
+    plan = build_plan(options, [("s", f"r{i}", ["a", "b"]) for i in range(5)], 100.0)
+    assert plan.lean and RunPlan.from_json(plan.to_json()) == plan
+    shares = [[c.index for c in share.calls] for share in split_plan(plan, 3)]
+    assert shares == [[0], [1, 3], [2, 4]]
+    assert [[c.index for c in s.calls] for s in split_plan(plan, 1)] == [[0, 1, 2, 3, 4]]
+    with pytest.raises(LoadError, match="--lean needs --cheap"):
+        LoadOptions(url="http://x", jwt_secret="s", lean=True).validate()
 
 
 # -- live ----------------------------------------------------------------------------------------
