@@ -115,6 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--full-calls and a --decode-fraction of subscribers",
     )
     media.add_argument(
+        "--sample-resolution",
+        type=_resolution,
+        metavar="WxH",
+        help="with --cheap/--lean: the full calls' live video size (default: --resolution)",
+    )
+    media.add_argument(
         "--lean",
         action="store_true",
         help="implies --cheap: the cheap participants replay pre-packetized media and count at "
@@ -202,6 +208,7 @@ def options_from_args(args: argparse.Namespace) -> LoadOptions:
         ),
         cheap=args.cheap or args.lean,
         lean=args.lean,
+        sample_size=args.sample_resolution,
         e2ee=args.e2ee,
         full_calls=args.full_calls,
         decode_fraction=args.decode_fraction,

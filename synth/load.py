@@ -121,6 +121,9 @@ class LoadOptions:
     e2ee: bool = False
     # With cheap: the cheap participants are lean (synth/lean.py): many per process.
     lean: bool = False
+    # With cheap: the full calls' live video size (None: media's), so that the calls that
+    # measure latency do not take most of a small machine (an encoder and a decoder each)
+    sample_size: tuple[int, int] | None = None
 
     def validate(self) -> None:
         if not self.url:
@@ -188,6 +191,7 @@ class RunPlan:
     media_path: str | None = None
     e2ee: bool = False
     lean: bool = False
+    sample_size: tuple[int, int] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -196,6 +200,8 @@ class RunPlan:
     def from_json(cls, text: str) -> RunPlan:
         raw = json.loads(text)
         raw["media"] = MediaSettings(**raw["media"])
+        if raw.get("sample_size") is not None:
+            raw["sample_size"] = tuple(raw["sample_size"])
         raw["calls"] = [
             CallSpec(
                 index=c["index"],
@@ -354,6 +360,7 @@ def build_plan(
         setup_timeout=options.setup_timeout,
         e2ee=options.e2ee,
         lean=options.lean,
+        sample_size=options.sample_size,
     )
 
 
@@ -504,8 +511,9 @@ def _tracks(
         return [IdleTrack("video"), IdleTrack("audio")]
     m = plan.media
     if spec.full or cheap is None:
+        width, height = plan.sample_size or (m.width, m.height)
         return [
-            PatternVideoTrack(spec.source_id, m.width, m.height, m.fps),
+            PatternVideoTrack(spec.source_id, width, height, m.fps),
             ToneAudioTrack(spec.source_id),
         ]
     return clip_tracks(cheap, m.fps, spec.source_id)
