@@ -918,12 +918,12 @@ class Worker:
 def split_plan(plan: RunPlan, procs: int) -> list[RunPlan]:
     """Round-robin calls over ``procs`` plans (calls are never split between processes).
 
-    With lean participants and several processes, the full calls get the first process to
-    themselves: their encoders and decoders do not share a core's time with the lean load, and
-    the other processes' CPU is the lean clients' cost alone."""
+    With cheap (or lean) calls and several processes, the full calls get the first process to
+    themselves: their encoders and decoders do not share a core's time with the load, and the
+    other processes' CPU is the cheap clients' cost alone."""
     calls = plan.calls
     head: list[list[CallSpec]] = []
-    if plan.lean and procs > 1:
+    if procs > 1:
         full = [c for c in calls if _has_full(c)]
         if full and len(full) < len(calls):
             head, calls, procs = [full], [c for c in calls if not _has_full(c)], procs - 1
@@ -949,10 +949,10 @@ class RunResult:
     client_cpu_pct: float | None
     worker_logs: list[str]
     # over the measurement window [t0, t1), % of a core: every client process, and those that
-    # run lean calls only (None when the clients ran in this process)
+    # run cheap (or lean) calls only (None when the clients ran in this process)
     client_window_cpu_pct: float | None = None
-    lean_window_cpu_pct: float | None = None
-    lean_calls: int = 0
+    load_window_cpu_pct: float | None = None
+    load_calls: int = 0
 
 
 def run_load(
@@ -1008,8 +1008,8 @@ def run_load(
             client_cpu_pct=client_cpu * 100 if client_cpu is not None else None,
             worker_logs=logs,
             client_window_cpu_pct=window.all_pct,
-            lean_window_cpu_pct=window.lean_pct,
-            lean_calls=window.lean_calls,
+            load_window_cpu_pct=window.load_pct,
+            load_calls=window.load_calls,
         )
     finally:
         if own_dir:
@@ -1024,8 +1024,8 @@ class WindowCpu:
     taken every half second (the first and the last sample inside the window)."""
 
     all_pct: float | None = None
-    lean_pct: float | None = None
-    lean_calls: int = 0
+    load_pct: float | None = None  # the processes without a full call
+    load_calls: int = 0
     _first: tuple[float, dict[int, float]] | None = None
     _last: tuple[float, dict[int, float]] | None = None
 
@@ -1044,10 +1044,10 @@ class WindowCpu:
             return sum(after[w.pid] - before[w.pid] for w in chosen) / (b - a) * 100
 
         self.all_pct = pct(workers)
-        lean = [w for w in workers if w.plan.lean and not any(map(_has_full, w.plan.calls))]
-        if lean:
-            self.lean_pct = pct(lean)
-            self.lean_calls = sum(len(w.plan.calls) for w in lean)
+        load = [w for w in workers if not any(map(_has_full, w.plan.calls))]
+        if load:
+            self.load_pct = pct(load)
+            self.load_calls = sum(len(w.plan.calls) for w in load)
 
 
 def _run_workers(

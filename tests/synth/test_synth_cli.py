@@ -8,6 +8,7 @@ the real app served by the test, all inside a network namespace of the test's ow
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -89,8 +90,10 @@ def test_plan_ramps_calls_interleaved_and_splits_whole_calls() -> None:
     assert plan.t1 == pytest.approx(plan.t0 + options.duration)
     again = RunPlan.from_json(plan.to_json())
     assert again == plan
-    shares = split_plan(plan, 2)
-    assert [[c.index for c in share.calls] for share in shares] == [[0, 2], [1]]
+    shares = split_plan(plan, 2)  # the full call in a process of its own
+    assert [[c.index for c in share.calls] for share in shares] == [[0], [1, 2]]
+    shares = split_plan(dataclasses.replace(plan, calls=plan.calls[1:]), 2)  # all cheap
+    assert [[c.index for c in share.calls] for share in shares] == [[1], [2]]
 
 
 def _call(latency: float, fps: float, lost: int) -> dict[str, Any]:

@@ -142,7 +142,7 @@ def test_a_counter_counts_an_encrypted_packet_by_its_size() -> None:
     assert counter.keyframes == 0 and counter.highest_sequence == 12
 
 
-def test_the_full_calls_get_a_client_process_of_their_own() -> None:
+def test_lean_plans_travel_and_the_full_calls_get_a_process_of_their_own() -> None:
     options = LoadOptions(url="http://x", calls=5, participants=2, jwt_secret="s", cheap=True,
                           lean=True, full_calls=1)  # fmt: skip
     plan = build_plan(options, [("s", f"r{i}", ["a", "b"]) for i in range(5)], 100.0)
