@@ -8,6 +8,7 @@ and the QA tool (`synth/`) use the functions exported here.
     transport.py  MediaTransport: SRTP in and out straight from the ICE socket callback;
                   SampledTransport: the QA tool's lean subscribers (decrypt a sample)
     reader.py     batched reads of the ICE sockets (one readiness event drains a socket)
+    srtp.py       FastSrtp: pylibsrtp's libsrtp calls without their per-packet overhead
     gathering.py  host-candidate gathering: bind addresses, UDP port range, announced address
     hooks.py      SSRCs, decoder threads, idle senders, keyframe flags, receive taps
     jitter.py     a browser's patience for the QA tool's video receivers (a lost packet)

@@ -14,7 +14,7 @@ from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
 
-from relay._aiortc import gathering
+from relay._aiortc import gathering, srtp
 
 SUPPORTED_AIORTC = "1.16.0"
 SUPPORTED_AIOICE = "0.13.0"
@@ -41,6 +41,7 @@ def self_test() -> None:
         problems += [f"{owner.__name__}.{n} is missing" for n in names if not hasattr(owner, n)]
     problems += _instance_problems()
     problems += gathering.internals_problems()
+    problems += srtp.internals_problems()
     if problems:
         raise AiortcInternalsChanged(
             "the relay's aiortc adapter does not match the installed aiortc: " + "; ".join(problems)

@@ -11,7 +11,8 @@ keeps aiortc for connection setup and takes over the media path below it:
   loop, a TURN relay) or is turned off (`batched=False`), aioice's protocol stays the reader and
   media datagrams are taken from it before its STUN parse;
 * outbound: packets are SRTP-protected and written straight to the nominated candidate pair's
-  datagram transport;
+  datagram transport (SRTP of RTP through `srtp.py`'s `FastSrtp`: pylibsrtp's libsrtp calls
+  without their per-call overhead);
 * aiortc's own RTCP (sender reports from idle senders) is discarded, because the relay writes
   the RTCP for the streams it forwards;
 * receivers' decoder threads are stopped as soon as aiortc starts them.
@@ -35,6 +36,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from pylibsrtp import Error as SrtpError
 
 from relay._aiortc import reader
+from relay._aiortc.srtp import FastSrtp
 
 RtpHandler = Callable[[bytes, float], None]
 RtcpHandler = Callable[[bytes], None]
@@ -66,6 +68,8 @@ class MediaTransport:
         "_now",
         "_on_error",
         "_original_data_received",
+        "_rx",
+        "_tx",
         "batched_sockets",
         "created_at",
         "dtls",
@@ -83,6 +87,9 @@ class MediaTransport:
     ) -> None:
         self.dtls = dtls
         self._on_error = on_error
+        # the DTLS transport's SRTP sessions, called the fast way (srtp.py); made when they appear
+        self._tx: FastSrtp | None = None
+        self._rx: FastSrtp | None = None
         self._connection: Any = dtls.transport._connection
         self.on_rtp: RtpHandler | None = None
         self.on_rtcp: RtcpHandler | None = None
@@ -105,12 +112,18 @@ class MediaTransport:
         return self.dtls._tx_srtp is not None and 1 in self._connection._nominated
 
     def send_rtp(self, packet: bytes) -> bool:
-        srtp = self.dtls._tx_srtp
+        tx = self._tx
+        if tx is None or tx.session is not self.dtls._tx_srtp:
+            tx = self._tx = self._fast(self.dtls._tx_srtp)
         pair = self._connection._nominated.get(1)
-        if srtp is None or pair is None:
+        if tx is None or pair is None:
             return False
-        pair.protocol.transport.sendto(srtp.protect(packet), pair.remote_addr)
+        pair.protocol.transport.sendto(tx.protect(packet), pair.remote_addr)
         return True
+
+    @staticmethod
+    def _fast(session: Any) -> FastSrtp | None:
+        return FastSrtp(session) if session is not None else None
 
     def send_rtcp(self, packet: bytes) -> bool:
         srtp = self.dtls._tx_srtp
@@ -143,11 +156,14 @@ class MediaTransport:
         """One RTP/RTCP datagram (first byte 128..191), received at `arrival`."""
         srtp = self.dtls._rx_srtp
         if srtp is not None:
+            rx = self._rx
+            if rx is None or rx.session is not srtp:
+                rx = self._rx = FastSrtp(srtp)
             # Two `try` blocks, free in CPython 3.11 until something raises: a bad datagram is
             # dropped without a word, a bug in the handlers is reported and the socket lives on.
             try:
                 rtcp = 191 < data[1] < 224  # RTCP packet types 192..223 (RFC 5761)
-                plain = srtp.unprotect_rtcp(data) if rtcp else srtp.unprotect(data)
+                plain = srtp.unprotect_rtcp(data) if rtcp else rx.unprotect(data)
             except BAD_PACKET:
                 return
             try:
@@ -199,11 +215,13 @@ class SampledTransport(MediaTransport):
         srtp = self.dtls._rx_srtp
         if srtp is None:
             return None
+        rx = self._rx
+        if rx is None or rx.session is not srtp:
+            rx = self._rx = FastSrtp(srtp)
         try:
-            plain: bytes = srtp.unprotect(data)
+            return rx.unprotect(data)
         except BAD_PACKET:
             return None
-        return plain
 
 
 async def _discard(data: bytes) -> None:
