@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +281,9 @@ async def test_cheap_calls_in_worker_processes_behind_lossy_link(
     assert report["target"]["clients_use"] == relay_url  # a local address: reached directly
 
 
-async def test_janus_smoke(media_netns: netns.Netns, tmp_path: Path) -> None:
+@pytest.fixture
+async def janus_server(media_netns: netns.Netns) -> AsyncIterator[Any]:
+    """A throw-away Janus (synth/janus.py) in the test's namespace; skipped without Janus."""
     from synth.janus import janus_available, start_janus
 
     reason = janus_available()
@@ -292,14 +294,18 @@ async def test_janus_smoke(media_netns: netns.Netns, tmp_path: Path) -> None:
         port = probe.getsockname()[1]
     server = await asyncio.to_thread(start_janus, media_netns.addresses[0], port)
     try:
-        report_path = tmp_path / "report.json"
-        code, out, err = await run_synth(
-            "--janus", server.ws_url, "--duration", "2", "--warmup", "1", "--resolution",
-            "320x240", "--json", str(report_path), "--no-progress",
-        )  # fmt: skip
-        assert code == 0, (out, err, server.log_path.read_text()[-2000:])
-        s = json.loads(report_path.read_text())["summary"]
-        assert s["streams_flowing"] == 2
-        _plausible_ms(s["video_latency_ms"])
+        yield server
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_janus_smoke(janus_server: Any, tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    code, out, err = await run_synth(
+        "--janus", janus_server.ws_url, "--duration", "2", "--warmup", "1", "--resolution",
+        "320x240", "--json", str(report_path), "--no-progress",
+    )  # fmt: skip
+    assert code == 0, (out, err, janus_server.log_path.read_text()[-2000:])
+    s = json.loads(report_path.read_text())["summary"]
+    assert s["streams_flowing"] == 2
+    _plausible_ms(s["video_latency_ms"])

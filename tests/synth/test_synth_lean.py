@@ -7,9 +7,7 @@ relay's REST and WebSocket signaling, ICE and DTLS, inside a network namespace o
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +15,14 @@ import pytest
 
 from relay.negotiation import ABS_SEND_TIME_URI, MID_URI, Codec, MediaSection
 from relay.rtp import FIXED_HEADER, find_extension, payload_bounds
-from synth import netns
 from synth.lean import HISTORY, LeanClip, LeanPublisher, Replayer, _OutStream
 from synth.load import LoadError, LoadOptions, RunPlan, build_plan, split_plan
 from synth.measure import StreamCounter
 from tests.helpers import TEST_JWT_SECRET
-from tests.synth.test_synth_cli import media_netns, relay_url, run_synth
+from tests.synth.test_synth_cli import janus_server, media_netns, relay_url, run_synth
 from tests.waiting import eventually
 
-__all__ = ["media_netns", "relay_url"]  # fixtures, used by name
+__all__ = ["janus_server", "media_netns", "relay_url"]  # fixtures, used by name
 
 VP8 = Codec("VP8", 96, 90000, None, {}, 97, True, True)
 
@@ -196,27 +193,15 @@ async def test_lean_calls_through_the_relay_count_and_check_their_media(
     assert recovered > 0, s  # the relay's RTX reached the lean subscribers, and was counted
 
 
-async def test_lean_calls_through_janus(media_netns: netns.Netns, tmp_path: Path) -> None:
-    from synth.janus import janus_available, start_janus
-
-    reason = janus_available()
-    if reason is not None:
-        pytest.skip(reason)
-    with socket.socket() as probe:
-        probe.bind((media_netns.addresses[0], 0))
-        port = probe.getsockname()[1]
-    server = await asyncio.to_thread(start_janus, media_netns.addresses[0], port)
-    try:
-        report_path = tmp_path / "report.json"
-        code, out, err = await run_synth(
-            "--janus", server.ws_url, "--calls", "2", "--lean", "--full-calls", "0",
-            "--duration", "3", "--warmup", "3", "--resolution", "320x240", "--json",
-            str(report_path), "--no-progress",
-        )  # fmt: skip
-        assert code == 0, (out, err, server.log_path.read_text()[-2000:])
-        report = json.loads(report_path.read_text())
-        assert report["summary"]["streams_flowing"] == 4, report["summary"]
-        lean = _lean_totals(report)
-        assert lean["decrypted"] > 20 and lean["matched"] == lean["decrypted"], lean
-    finally:
-        await asyncio.to_thread(server.stop)
+async def test_lean_calls_through_janus(janus_server: Any, tmp_path: Path) -> None:
+    report_path = tmp_path / "report.json"
+    code, out, err = await run_synth(
+        "--janus", janus_server.ws_url, "--calls", "2", "--lean", "--full-calls", "0",
+        "--duration", "3", "--warmup", "3", "--resolution", "320x240", "--json",
+        str(report_path), "--no-progress",
+    )  # fmt: skip
+    assert code == 0, (out, err, janus_server.log_path.read_text()[-2000:])
+    report = json.loads(report_path.read_text())
+    assert report["summary"]["streams_flowing"] == 4, report["summary"]
+    lean = _lean_totals(report)
+    assert lean["decrypted"] > 20 and lean["matched"] == lean["decrypted"], lean
