@@ -19,7 +19,7 @@ from aiortc.rtp import RtcpReceiverInfo, RtcpSenderInfo, RtcpSrPacket
 
 from relay.negotiation import Codec
 from relay.producer import Producer
-from relay.rtp import FIXED_HEADER, abs_send_time_now, build_extension_block
+from relay.rtp import FIXED_HEADER, abs_send_time_now, extension_template
 from relay.stats import StreamStats
 
 HISTORY_SIZE = 512  # packets kept for NACK, ~2 s of 500 kbit/s video
@@ -138,24 +138,15 @@ class Forwarder:
         codec = parameters.codec
         self._pt = codec.payload_type
         self._rtx_pt = codec.rtx_payload_type if codec.nack else None
-        elements: list[tuple[int, bytes]] = []
-        if parameters.mid_id:
-            elements.append((parameters.mid_id, parameters.mid.encode()))
+        mid = [(parameters.mid_id, parameters.mid.encode())] if parameters.mid_id else []
         self._abs_send_time = bool(parameters.abs_send_time_id) and self.kind == "video"
-        if self._abs_send_time:
-            elements.append((parameters.abs_send_time_id, b"\x00\x00\x00"))
-        self._ext_prefix, self._ext_suffix = b"", b""
-        if elements:
-            block = build_extension_block(elements)
-            if self._abs_send_time:
-                # abs-send-time is the last element: its 3 value bytes are rewritten per packet
-                cut = 4 + sum(1 + len(value) for _, value in elements[:-1]) + 1
-                self._ext_prefix, self._ext_suffix = block[:cut], block[cut + 3 :]
-            else:
-                self._ext_prefix = block
+        # abs-send-time's 3 value bytes are written per packet between prefix and suffix
+        self._ext_prefix, self._ext_suffix = extension_template(
+            mid, parameters.abs_send_time_id if self._abs_send_time else 0
+        )
         self._header_size = 12 + len(self._ext_prefix) + len(self._ext_suffix)
         self._header_size += 3 if self._abs_send_time else 0
-        self._first_byte = 0x90 if elements else 0x80
+        self._first_byte = 0x90 if self._ext_prefix else 0x80
         if self.producer is not None:
             self.producer.request_keyframe()
 

@@ -72,6 +72,24 @@ def build_extension_block(elements: list[tuple[int, bytes]]) -> bytes:
     return struct.pack("!HH", ONE_BYTE_PROFILE, len(body) // 4) + body
 
 
+def extension_template(
+    elements: list[tuple[int, bytes]], abs_send_time_id: int = 0
+) -> tuple[bytes, bytes]:
+    """A sender's header extension block cut around abs-send-time's value: (what goes before
+    the 3 value bytes, what goes after). `elements` are written as given; abs-send-time, when
+    its id is given, is the last element, its value written per packet between the two parts.
+    Without abs-send-time the block is all prefix; without any element both are empty."""
+    if abs_send_time_id:
+        elements = [*elements, (abs_send_time_id, b"\x00\x00\x00")]
+    if not elements:
+        return b"", b""
+    block = build_extension_block(elements)
+    if not abs_send_time_id:
+        return block, b""
+    cut = 4 + sum(1 + len(value) for _, value in elements[:-1]) + 1
+    return block[:cut], block[cut + 3 :]
+
+
 def vp8_keyframe(payload: bytes) -> tuple[bool, int, int]:
     """(is the start of a keyframe, width, height) for a VP8 RTP payload (RFC 7741)."""
     size = len(payload)

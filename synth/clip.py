@@ -145,6 +145,15 @@ def encode_clip(
     return out
 
 
+def start_positions(
+    keyframes: Sequence[bool], audio_packets: int, source_id: int
+) -> tuple[int, int]:
+    """Where a clip publisher starts its loop: (a keyframe of the clip, an Opus packet), chosen
+    by ``source_id`` so that the keyframes (and audio) of different publishers do not align."""
+    starts = [i for i, key in enumerate(keyframes) if key] or [0]
+    return starts[source_id % len(starts)], (source_id * 7) % audio_packets
+
+
 class PacketVideoTrack(MediaStreamTrack):
     """Loops pre-encoded frames in real time; ``recv()`` returns :class:`av.Packet`.
 

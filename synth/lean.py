@@ -34,6 +34,7 @@ import itertools
 import random
 import struct
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,7 +52,8 @@ from aiortc.rtp import (
 
 from relay._aiortc import MediaTransport, SampledTransport, dtls_transport_of
 from relay.negotiation import ABS_SEND_TIME_URI, MID_URI, MediaSection, parse_sections
-from relay.rtp import FIXED_HEADER, ONE_BYTE_PROFILE, abs_send_time_now, payload_bounds
+from relay.rtp import FIXED_HEADER, abs_send_time_now, extension_template, payload_bounds
+from synth.clip import start_positions
 from synth.measure import StreamCounter
 
 TICK = 0.001  # the replayer's wake-up period: frames due within it go out together
@@ -128,7 +130,6 @@ class _OutStream:
         self.rtx_ssrc = rtx_ssrc
         self.pt = codec.payload_type
         self.rtx_pt = codec.rtx_payload_type if rtx_ssrc is not None else None
-        self.clock_rate = codec.clock_rate
         self.frames = frames
         self.keyframes = [i for i, (_, key) in enumerate(frames) if key] or [0]
         self.pos = start % len(frames)
@@ -143,7 +144,13 @@ class _OutStream:
         self.packets = self.octets = 0
         self.keyframes_forced = self.resent = self.skipped = 0
         self.next_report = 0.0
-        self._ext_head, self._ext_tail = _extension_template(section)
+        mid_id = section.extensions.get(MID_URI, 0)
+        ast_id = section.extensions.get(ABS_SEND_TIME_URI, 0)
+        # abs-send-time's value is written per frame between the two parts
+        self._ast = bool(ast_id)
+        self._ext_head, self._ext_tail = extension_template(
+            [(mid_id, section.mid.encode())] if mid_id else [], ast_id
+        )
 
     def send_frame(self, now: float) -> None:
         """Send the next frame; every packet of it, back to back (as a browser's pacer would not,
@@ -155,8 +162,9 @@ class _OutStream:
             self.keyframes_forced += 1
         self.keyframe_wanted = False
         payloads, _ = self.frames[self.pos]
-        head = self._ext_head
-        ext = head + abs_send_time_now() + self._ext_tail if head else b""
+        ext = self._ext_head
+        if self._ast:
+            ext += abs_send_time_now() + self._ext_tail
         first = 0x90 if ext else 0x80
         last = len(payloads) - 1
         send_rtp, pack, ts, ssrc = self.transport.send_rtp, FIXED_HEADER.pack, self.ts, self.ssrc
@@ -202,23 +210,6 @@ class _OutStream:
             self.resent += 1
 
 
-def _extension_template(section: MediaSection) -> tuple[bytes, bytes]:
-    """(everything of the header extension before the abs-send-time value, everything after):
-    the mid, when negotiated, and abs-send-time; (b"", b"") without abs-send-time."""
-    ast_id = section.extensions.get(ABS_SEND_TIME_URI, 0)
-    if not ast_id:
-        return b"", b""
-    mid_id = section.extensions.get(MID_URI, 0)
-    body = bytes([(ast_id << 4) | 2])
-    if mid_id:
-        mid = section.mid.encode()
-        body = bytes([(mid_id << 4) | (len(mid) - 1)]) + mid + body
-    length = len(body) + 3
-    padding = b"\x00" * (-length % 4)
-    head = struct.pack("!HH", ONE_BYTE_PROFILE, (length + len(padding)) // 4) + body
-    return head, padding
-
-
 class Replayer:
     """Sends every lean publisher's frames of this process: one wake-up per :data:`TICK` serves
     all the frames then due (a heap of (due time, stream)), so the cost per frame is a header
@@ -259,7 +250,9 @@ class Replayer:
                 await asyncio.sleep(max(heap[0][0] - clock(), TICK))
 
 
-_replayers: dict[asyncio.AbstractEventLoop, Replayer] = {}
+_replayers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Replayer] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def replayer() -> Replayer:
@@ -286,6 +279,9 @@ class LeanPublisher:
         self.transport = MediaTransport(dtls)
         self.transport.on_rtcp = self._on_rtcp
         offered = {s.mid: s for s in parse_sections(pc.localDescription.sdp)}
+        video_start, audio_start = start_positions(
+            [key for _, key in clip.video], len(clip.audio), source_id
+        )
         self.streams: dict[int, _OutStream] = {}
         for section in parse_sections(pc.remoteDescription.sdp):
             mine = offered.get(section.mid)
@@ -294,12 +290,11 @@ class LeanPublisher:
             ssrc = mine.ssrcs[0]
             rtx = next((r for r, media in mine.rtx_ssrcs.items() if media == ssrc), None)
             if section.kind == "video":
-                keys = [i for i, (_, key) in enumerate(clip.video) if key] or [0]
                 frames: Sequence[tuple[tuple[bytes, ...], bool]] = clip.video
-                start, interval = keys[source_id % len(keys)], 1 / clip.fps
+                start, interval = video_start, 1 / clip.fps
             else:
                 frames = tuple(((p,), False) for p in clip.audio)
-                start, interval = source_id * 7, AUDIO_PTIME
+                start, interval = audio_start, AUDIO_PTIME
             self.streams[ssrc] = _OutStream(
                 self.transport, section, ssrc, rtx, frames, start, interval
             )

@@ -52,6 +52,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 
 from relay._aiortc import IdleTrack, take_keyframe_request
+from synth.clip import start_positions
 from synth.lean import LeanClip, LeanPublisher, LeanReceiver
 from synth.measure import StreamCounter, loadavg, proc_cpu_seconds, summarize
 from synth.pacing import Pacer
@@ -523,11 +524,8 @@ def clip_tracks(cheap: dict[str, Any], fps: int, source_id: int) -> list[MediaSt
     """A clip publisher's tracks from :func:`prepare_cheap_media`'s media: the clip and the Opus
     packets, each started at a point chosen by ``source_id`` so that the keyframes (and audio) of
     different publishers do not align."""
-    frames = cheap["video"]
-    keyframes = [i for i, f in enumerate(frames) if f.keyframe] or [0]
-    start = keyframes[source_id % len(keyframes)]
-    audio = cheap["audio"]
-    shift = (source_id * 7) % len(audio)
+    frames, audio = cheap["video"], cheap["audio"]
+    start, shift = start_positions([f.keyframe for f in frames], len(audio), source_id)
     return [ClipVideoTrack(frames, fps, start), PacketAudioTrack(audio[shift:] + audio[:shift])]
 
 
@@ -923,10 +921,9 @@ def split_plan(plan: RunPlan, procs: int) -> list[RunPlan]:
     other processes' CPU is the cheap clients' cost alone."""
     calls = plan.calls
     head: list[list[CallSpec]] = []
-    if procs > 1:
-        full = [c for c in calls if _has_full(c)]
-        if full and len(full) < len(calls):
-            head, calls, procs = [full], [c for c in calls if not _has_full(c)], procs - 1
+    full = [c for c in calls if _has_full(c)]
+    if procs > 1 and 0 < len(full) < len(calls):
+        head, calls, procs = [full], [c for c in calls if c not in full], procs - 1
     shares = head + [calls[i::procs] for i in range(procs)]
     return [dataclasses.replace(plan, calls=share) for share in shares if share]
 

@@ -114,16 +114,12 @@ class MediaTransport:
     def send_rtp(self, packet: bytes) -> bool:
         tx = self._tx
         if tx is None or tx.session is not self.dtls._tx_srtp:
-            tx = self._tx = self._fast(self.dtls._tx_srtp)
+            tx = self._tx = _fast(self.dtls._tx_srtp)
         pair = self._connection._nominated.get(1)
         if tx is None or pair is None:
             return False
         pair.protocol.transport.sendto(tx.protect(packet), pair.remote_addr)
         return True
-
-    @staticmethod
-    def _fast(session: Any) -> FastSrtp | None:
-        return FastSrtp(session) if session is not None else None
 
     def send_rtcp(self, packet: bytes) -> bool:
         srtp = self.dtls._tx_srtp
@@ -212,16 +208,21 @@ class SampledTransport(MediaTransport):
 
     def unprotect(self, data: bytes) -> bytes | None:
         """The plain RTP packet, or None when it fails authentication (or there are no keys)."""
-        srtp = self.dtls._rx_srtp
-        if srtp is None:
-            return None
         rx = self._rx
-        if rx is None or rx.session is not srtp:
-            rx = self._rx = FastSrtp(srtp)
+        if rx is None or rx.session is not self.dtls._rx_srtp:
+            rx = self._rx = _fast(self.dtls._rx_srtp)
+        if rx is None:
+            return None
         try:
             return rx.unprotect(data)
         except BAD_PACKET:
             return None
+
+
+def _fast(session: Any) -> FastSrtp | None:
+    """The fast calls on a DTLS transport's SRTP session (None until the keys are there); made
+    again when the session is replaced."""
+    return FastSrtp(session) if session is not None else None
 
 
 async def _discard(data: bytes) -> None:
