@@ -59,3 +59,18 @@ def test_parsers_never_raise_on_garbage(data: bytes) -> None:
         find_extension(data, bounds[2], bounds[3], 1)
     vp8_keyframe(data)
     h264_keyframe(data)
+
+
+def test_the_extension_template_leaves_room_for_abs_send_time_alone() -> None:
+    from relay.rtp import extension_template, find_extension
+
+    assert extension_template([], 0) == (b"", b"")
+    block, rest = extension_template([(4, b"1")], 0)
+    assert rest == b"" and len(block) % 4 == 0
+    head, tail = extension_template([(4, b"12")], 2)
+    packet = bytes(12) + head + b"\xab\xcd\xef" + tail
+    packet = bytes([0x90]) + packet[1:]
+    bounds = payload_bounds(packet)
+    assert bounds is not None and bounds[0] == len(packet)  # the block is whole, padded
+    assert find_extension(packet, bounds[2], bounds[3], 4) == b"12"
+    assert find_extension(packet, bounds[2], bounds[3], 2) == b"\xab\xcd\xef"
